@@ -1,0 +1,88 @@
+"""The one model config. Stored in model.pt as a plain dict, so it must stay JSON-friendly."""
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2  # grouped-query attention: n_heads must be a multiple
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    # feed-forward: "moe" in every layer, or "dense" (the FLOP-aligned baseline)
+    ffn: str = "moe"
+    dense_hidden: int = 768  # used when ffn == "dense"
+    num_experts: int = 8
+    top_k: int = 2
+    expert_hidden: int = 384
+    expert_kind: str = "swiglu"  # "swiglu" or "wd" (weight-decomposed, low-rank factors)
+    wd_rank: int = 128  # rank r of each factored matrix when expert_kind == "wd"
+    shared_expert_hidden: int = 0  # >0 adds an always-on SwiGLU expert of this width
+    # training losses (stored so a resumed run keeps them)
+    lb_weight: float = 0.01  # per-sequence switch-style load balancing
+    bles_weight: float = 0.0  # block-wise expert selection loss (CoSMoE)
+    # BlES alone is minimised by a uniform router (|W[t+1]-W[t]| -> 0 while the hard top-k keeps
+    # switching); penalising router entropy keeps the choice decisive, so BlES must make it sticky
+    router_entropy_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError("head dimension must be even for RoPE")
+        if self.ffn not in ("moe", "dense"):
+            raise ValueError(f"ffn must be 'moe' or 'dense', not {self.ffn!r}")
+        if self.expert_kind not in ("swiglu", "wd"):
+            raise ValueError(f"expert_kind must be 'swiglu' or 'wd', not {self.expert_kind!r}")
+        if self.ffn == "moe" and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k {self.top_k} must be in 1..num_experts ({self.num_experts})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def dense_baseline(self) -> "ModelConfig":
+        """The dense model with the same active FLOPs per token: one SwiGLU FFN as wide as the
+        top_k routed experts plus the shared expert (router FLOPs, d*E, are negligible)."""
+        d = self.to_dict()
+        d.update(ffn="dense", dense_hidden=self.top_k * self.active_expert_hidden + self.shared_expert_hidden,
+                 bles_weight=0.0, lb_weight=0.0)
+        return ModelConfig(**d)
+
+    @property
+    def active_expert_hidden(self) -> int:
+        """Hidden width of a full SwiGLU expert with the same FLOPs as one routed expert."""
+        if self.expert_kind == "swiglu":
+            return self.expert_hidden
+        # a wd expert costs r*(d+h) per matrix; a full one d*h'
+        return round(self.wd_rank * (self.dim + self.expert_hidden) / self.dim)
+
+
+PRESETS = {
+    # the shipped default: ~11M parameters, 8 experts per layer, BlES on
+    "default": ModelConfig(bles_weight=0.5),
+    "tiny": ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
+                        num_experts=4, top_k=2, expert_hidden=96, wd_rank=32),
+    # the CoSMoE paper's wearable-scale shape (19 layers, hidden 432, 8 experts top-2, ~380M total
+    # params); random weights, for speed benchmarks
+    "wearable": ModelConfig(vocab_size=32000, dim=432, n_layers=19, n_heads=8, n_kv_heads=4,
+                            max_seq_len=1024, num_experts=8, top_k=2, expert_hidden=1792),
+}

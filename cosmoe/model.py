@@ -1,0 +1,240 @@
+"""CoSMoE: a compact decoder-only MoE LM (RMSNorm, RoPE, GQA with a KV cache, MoE feed-forward).
+
+Every piece the exporter must cut out (a layer's attention, its router, one expert) is its own
+module, so export/ can wrap it without copying the maths.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cosmoe.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float):
+    """cos and sin of shape (max_seq_len, head_dim // 2), rotate-half (GPT-NeoX) layout."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, H, T, hd); cos, sin: (T, hd/2) for the tokens' absolute positions."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class KVCache(nn.Module):
+    """Fixed-size cache written at absolute positions; stale slots beyond a position are masked."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape), persistent=False)
+        self.register_buffer("v", torch.zeros(shape), persistent=False)
+
+    def update(self, pos, k, v):
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v
+
+
+def attend(q, k, v, pos=None):
+    """Causal GQA attention. Without pos: q, k, v cover the same tokens (training, full forward).
+    With pos (T,): k, v are the whole cache and query t may see cache slots <= pos[t]."""
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    if pos is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    mask = pos[:, None] >= torch.arange(k.shape[2], device=pos.device)[None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def qkv(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def out(self, y):
+        B, H, T, hd = y.shape
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))
+
+    def forward(self, x, cos, sin, pos=None):
+        q, k, v = self.qkv(x, cos, sin)
+        if pos is not None:
+            k, v = self.cache.update(pos, k, v)
+        return self.out(attend(q, k, v, pos))
+
+
+def linear(n_in: int, n_out: int, rank: int = 0) -> nn.Module:
+    """A bias-free linear map; with rank > 0 the weight-decomposed (CoSMoE) form M = up @ down,
+    rank*(n_in+n_out) parameters instead of n_in*n_out."""
+    if rank <= 0:
+        return nn.Linear(n_in, n_out, bias=False)
+    return nn.Sequential(nn.Linear(n_in, rank, bias=False), nn.Linear(rank, n_out, bias=False))
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x). One routed expert, the shared expert, or the dense FFN."""
+
+    def __init__(self, dim: int, hidden: int, rank: int = 0):
+        super().__init__()
+        self.w1, self.w3, self.w2 = linear(dim, hidden, rank), linear(dim, hidden, rank), linear(hidden, dim, rank)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+@dataclass
+class Routing:
+    probs: torch.Tensor  # (B, T, E) softmax over all experts
+    experts: torch.Tensor  # (B, T, k) chosen expert ids
+    weights: torch.Tensor  # (B, T, k) renormalised over the chosen k
+
+
+def route(router_logits, top_k: int):
+    probs = router_logits.float().softmax(-1)
+    weights, experts = probs.topk(top_k, dim=-1)
+    return probs, experts, weights / weights.sum(-1, keepdim=True)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.top_k = cfg.top_k
+        rank = cfg.wd_rank if cfg.expert_kind == "wd" else 0
+        self.router = nn.Linear(cfg.dim, cfg.num_experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(cfg.dim, cfg.expert_hidden, rank) for _ in range(cfg.num_experts))
+        self.shared = SwiGLU(cfg.dim, cfg.shared_expert_hidden) if cfg.shared_expert_hidden else None
+
+    def forward(self, x):
+        B, T, D = x.shape
+        flat = x.reshape(B * T, D)
+        probs, experts, weights = route(self.router(flat), self.top_k)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            tok, slot = (experts == e).nonzero(as_tuple=True)
+            if tok.numel():
+                out.index_add_(0, tok, expert(flat[tok]) * weights[tok, slot, None].to(flat.dtype))
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        routing = Routing(probs.view(B, T, -1), experts.view(B, T, -1), weights.view(B, T, -1))
+        return out.view(B, T, D), routing
+
+
+class DenseFFN(SwiGLU):
+    def forward(self, x):
+        return super().forward(x), None
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = MoE(cfg) if cfg.ffn == "moe" else DenseFFN(cfg.dim, cfg.dense_hidden)
+
+    def forward(self, x, cos, sin, pos=None):
+        h = x + self.attn(self.attn_norm(x), cos, sin, pos)
+        y, routing = self.ffn(self.ffn_norm(h))
+        return h + y, routing
+
+
+class CoSMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        # tied: the LM head is tok_emb.weight (no second copy in the state dict)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def setup_cache(self, batch: int = 1):
+        for layer in self.layers:
+            c = KVCache(batch, self.cfg.n_kv_heads, self.cfg.max_seq_len, self.cfg.head_dim)
+            layer.attn.cache = c.to(self.tok_emb.weight.device)
+
+    def head(self, h):
+        h = self.norm(h)
+        return h @ self.tok_emb.weight.t() if self.lm_head is None else self.lm_head(h)
+
+    def forward(self, tokens, pos=None):
+        """tokens (B, T). pos None: full causal forward from position 0 (training).
+        pos (T,) absolute positions: incremental decode through the KV cache (setup_cache first).
+        Returns logits (B, T, V) and per-layer Routing (None for dense layers)."""
+        T = tokens.shape[1]
+        if pos is None and T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        idx = pos if pos is not None else slice(0, T)
+        cos, sin = self.rope_cos[idx], self.rope_sin[idx]
+        h = self.tok_emb(tokens)
+        routings = []
+        for layer in self.layers:
+            h, routing = layer(h, cos, sin, pos)
+            routings.append(routing)
+        return self.head(h), routings
+
+
+def param_summary(model: CoSMoE) -> dict:
+    """Parameter counts: total, per routed expert, and active per token (what one token touches)."""
+    cfg = model.cfg
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.tok_emb.weight.numel()
+    if cfg.ffn == "moe":
+        per_expert = sum(p.numel() for p in model.layers[0].ffn.experts[0].parameters())
+        all_experts = per_expert * cfg.num_experts * cfg.n_layers
+        active = total - all_experts + per_expert * cfg.top_k * cfg.n_layers
+    else:
+        per_expert, all_experts, active = 0, 0, total
+    return {"total": total, "embedding": embedding, "per_expert": per_expert,
+            "all_experts": all_experts, "active": active}
+
+
+def format_summary(cfg: ModelConfig, counts: dict) -> str:
+    kind = f"{cfg.num_experts} x {cfg.expert_kind} experts (top-{cfg.top_k}, hidden {cfg.expert_hidden}" + (
+        f", rank {cfg.wd_rank})" if cfg.expert_kind == "wd" else ")")
+    ffn = kind if cfg.ffn == "moe" else f"dense SwiGLU (hidden {cfg.dense_hidden})"
+    m = lambda n: f"{n / 1e6:.2f}M"  # noqa: E731
+    lines = [f"CoSMoE: {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / {cfg.n_kv_heads} kv, "
+             f"vocab {cfg.vocab_size}, ffn: {ffn}",
+             f"params: total {m(counts['total'])}, active/token {m(counts['active'])}, "
+             f"embedding {m(counts['embedding'])}"]
+    if counts["per_expert"]:
+        lines.append(f"experts: {m(counts['all_experts'])} in all, {counts['per_expert']:,} per expert")
+    return "\n".join(lines)

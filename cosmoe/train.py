@@ -1,0 +1,302 @@
+"""edge-train: train a CoSMoE (or its FLOP-matched dense baseline) on real text.
+
+Single process on CPU by default; `torchrun --nproc-per-node N -m cosmoe.train ...` runs the same
+command under DDP (gloo on CPU, nccl on GPUs), each rank drawing its own batches.
+"""
+
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import typer
+
+from cosmoe.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from cosmoe.config import PRESETS, ModelConfig
+from cosmoe.data import CorpusError, encode_stream, eval_windows, find_corpus, random_batch, read_documents, \
+    split_documents
+from cosmoe.evaluate import evaluate
+from cosmoe.losses import bles_loss, load_balance_loss, router_entropy
+from cosmoe.model import CoSMoE, format_summary, param_summary
+from cosmoe.tokenizer import eos_id, load_tokenizer, train_tokenizer
+
+
+VAL_TEXT_CHARS = 24_000
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 3000
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 500
+    eval_windows: int = 64
+    seed: int = 0
+
+
+def lr_at(step: int, o: TrainOptions) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr at the last step."""
+    if step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    t = (step - o.warmup) / max(1, o.steps - o.warmup)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def router_aux_loss(routings, cfg: ModelConfig):
+    """Mean over MoE layers of lb_weight * balance + bles_weight * BlES."""
+    moe = [r for r in routings if r is not None]
+    if not moe:
+        return torch.zeros(())
+    total = 0.0
+    for r in moe:
+        if cfg.lb_weight:
+            total = total + cfg.lb_weight * load_balance_loss(r.probs, r.experts)
+        if cfg.bles_weight:
+            total = total + cfg.bles_weight * bles_loss(r.probs, r.experts)
+        if cfg.router_entropy_weight:
+            total = total + cfg.router_entropy_weight * router_entropy(r.probs)
+    return total / len(moe)
+
+
+def make_optimizer(model, o: TrainOptions):
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95))
+
+
+def weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Dist:
+    """Rank/world from torchrun's environment; a no-op when run as a single process."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self):
+        if self.world > 1:
+            dist.destroy_process_group()
+
+
+def log(d: Dist, msg: str):
+    if d.main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resume: Path | None,
+        quiet: bool = False) -> dict:
+    """Train and write `out`. Returns the checkpoint's meta."""
+    d = Dist()
+    torch.manual_seed(o.seed)
+    start_step, train_state, ckpt = 0, None, None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        cfg = ModelConfig.from_dict(ckpt["config"])
+        if "train_state" not in ckpt:
+            raise CheckpointError(f"{resume} holds no optimizer state (a shipped model?); cannot resume")
+        train_state = ckpt["train_state"]
+        start_step = int(train_state["step"])
+        tokenizer_json = ckpt["tokenizer"]
+    corpus_path = Path(corpus) if corpus is not None else find_corpus()
+    train_texts, val_texts = split_documents(read_documents(corpus_path))
+    if resume is None:
+        # rank 0 trains the tokenizer; the others receive its JSON, so all ranks share one vocabulary
+        tokenizer_json = train_tokenizer(train_texts, cfg.vocab_size).to_str() if d.main else None
+        tokenizer_json = d.broadcast(tokenizer_json)
+    tok = load_tokenizer(tokenizer_json)
+    if tok.get_vocab_size() > cfg.vocab_size:
+        raise CheckpointError(f"tokenizer has {tok.get_vocab_size()} tokens, model only {cfg.vocab_size}")
+    eos = eos_id(tok)
+    train_ids = encode_stream(tok, train_texts, eos)
+    val_x, val_y = eval_windows(encode_stream(tok, val_texts, eos), o.seq_len, o.eval_windows)
+    log(d, f"corpus {corpus_path}: {len(train_ids):,} train tokens, {val_x.numel():,} validation tokens")
+
+    model = build_model(ckpt) if ckpt is not None else CoSMoE(cfg)
+    model.train()
+    log(d, format_summary(cfg, param_summary(model)))
+    opt = make_optimizer(model, o)
+    if train_state is not None:
+        opt.load_state_dict(train_state["optimizer"])
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if d.world > 1 else model
+
+    history = list(train_state["history"]) if train_state else []
+    if d.main and start_step == 0:  # the untrained model's loss: the baseline every later figure improves on
+        ev = evaluate(model, val_x, val_y)
+        model.train()
+        history.append({"step": 0, "train_loss": None, "val_loss": ev["loss"], "val_ppl": ev["ppl"],
+                        "switch_rate": ev.get("switch_rate_mean")})
+    tokens_per_step = o.batch_size * o.seq_len * d.world
+    t0, last = time.perf_counter(), None
+    progress = None
+    if d.main and not quiet:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[info]}"), transient=False)
+        progress.start()
+        task = progress.add_task("train", total=o.steps, completed=start_step, info="")
+    try:
+        for step in range(start_step, o.steps):
+            # per-step generator: a resumed run draws exactly the batches the original would have
+            gen = torch.Generator().manual_seed(o.seed * 1_000_003 + d.rank * 10_007 + step)
+            x, y = random_batch(train_ids, o.batch_size, o.seq_len, gen)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, o)
+            logits, routings = ddp(x)
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            loss = ce + router_aux_loss(routings, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            opt.step()
+            now = time.perf_counter()
+            tps = tokens_per_step / (now - last) if last else 0.0
+            last = now
+            if progress is not None:
+                progress.update(task, advance=1, info=f"loss {ce.item():.3f}  {tps:,.0f} tok/s  lr {lr_at(step, o):.1e}")
+            if d.main and ((step + 1) % o.eval_every == 0 or step + 1 == o.steps):
+                ev = evaluate(model, val_x, val_y)
+                model.train()
+                history.append({"step": step + 1, "train_loss": ce.item(), "val_loss": ev["loss"],
+                                "val_ppl": ev["ppl"], "switch_rate": ev.get("switch_rate_mean")})
+                sw = f", switch rate {ev['switch_rate_mean']:.3f}" if "switch_rate_mean" in ev else ""
+                msg = f"step {step + 1}: val loss {ev['loss']:.4f}, ppl {ev['ppl']:.2f}{sw}"
+                progress.console.print(msg) if progress is not None else log(d, msg)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+    elapsed = time.perf_counter() - t0
+    if d.world > 1:
+        print(f"[rank {d.rank}] final weights digest {weights_digest(model)}", file=sys.stderr, flush=True)
+    meta = {}
+    if d.main:
+        ev = evaluate(model, val_x, val_y)
+        counts = param_summary(model)
+        prev = ckpt["meta"] if ckpt is not None else {}
+        meta = {
+            "corpus": str(corpus_path), "train_tokens_available": len(train_ids), "val_tokens": val_x.numel(),
+            "steps": o.steps, "tokens_seen": o.steps * tokens_per_step, "options": vars(o) | {"world": d.world},
+            "train_seconds": prev.get("train_seconds", 0.0) + elapsed, "params": counts,
+            "val_loss": ev["loss"], "val_ppl": ev["ppl"], "expert_usage": ev.get("expert_usage"),
+            "switch_rate": ev.get("switch_rate"), "switch_rate_mean": ev.get("switch_rate_mean"),
+            "history": history,
+            # a held-out sample travels with the model, so edge-export can verify without the corpus
+            "val_text": "\n".join(val_texts)[:VAL_TEXT_CHARS],
+        }
+        save_checkpoint(out, model, tokenizer_json, meta,
+                        train_state={"step": o.steps, "optimizer": opt.state_dict(), "history": history})
+        print_result(meta, out)
+    d.close()
+    return meta
+
+
+def print_result(meta: dict, out: Path):
+    lines = [f"wrote {out}", f"validation perplexity {meta['val_ppl']:.2f} (loss {meta['val_loss']:.4f}) "
+             f"after {meta['tokens_seen']:,} tokens in {meta['train_seconds']:.0f}s"]
+    if meta["switch_rate"]:
+        lines.append("expert switch rate per layer: " + ", ".join(f"{s:.3f}" for s in meta["switch_rate"])
+                     + f" (mean {meta['switch_rate_mean']:.3f})")
+        for i, u in enumerate(meta["expert_usage"]):
+            lines.append(f"  layer {i} expert usage: " + " ".join(f"{x:.2f}" for x in u))
+    print("\n".join(lines), flush=True)
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help="Train a CoSMoE language model on a text corpus and write model.pt.\n\n"
+                  "Without --corpus it uses the Python documentation that Debian's python3.11-doc "
+                  "installs (`make setup`). Under torchrun it trains data-parallel (DDP).")
+def main(
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (atomically).")] = Path("model.pt"),
+    corpus: Annotated[Path | None, typer.Option(help="Text file or folder of .txt/.rst/.md files.")] = None,
+    preset: Annotated[str, typer.Option(help=f"Model shape to start from: {', '.join(PRESETS)}.")] = "default",
+    dense: Annotated[bool, typer.Option("--dense", help="Train the FLOP-matched dense baseline of the preset.")] = False,
+    dim: Annotated[int | None, typer.Option(help="Model width.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Number of layers.")] = None,
+    experts: Annotated[int | None, typer.Option(help="Routed experts per layer.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Experts each token uses.")] = None,
+    expert_hidden: Annotated[int | None, typer.Option(help="Hidden width of one expert.")] = None,
+    expert_kind: Annotated[str | None, typer.Option(help="swiglu, or wd (weight-decomposed, low rank).")] = None,
+    wd_rank: Annotated[int | None, typer.Option(help="Rank of each factored matrix of a wd expert.")] = None,
+    shared_expert_hidden: Annotated[int | None, typer.Option(help="Width of an always-on shared expert (0: none).")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size.")] = None,
+    bles_weight: Annotated[float | None, typer.Option(help="Weight of the block-wise expert selection loss (0: off).")] = None,
+    lb_weight: Annotated[float | None, typer.Option(help="Weight of the per-sequence load-balancing loss.")] = None,
+    router_entropy_weight: Annotated[float | None, typer.Option(help="Weight of the router entropy penalty.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps in all (a resumed run continues to this).")] = TrainOptions.steps,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step (per rank).")] = TrainOptions.batch_size,
+    seq_len: Annotated[int, typer.Option(help="Tokens per training sequence.")] = TrainOptions.seq_len,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainOptions.lr,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps before cosine decay.")] = TrainOptions.warmup,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.")] = TrainOptions.weight_decay,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = TrainOptions.grad_clip,
+    eval_every: Annotated[int, typer.Option(help="Steps between validation runs.")] = TrainOptions.eval_every,
+    eval_windows: Annotated[int, typer.Option(help="Validation windows of seq_len tokens.")] = TrainOptions.eval_windows,
+    seed: Annotated[int, typer.Option(help="Seed for init and batches; same seed, same model.")] = TrainOptions.seed,
+    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its config wins).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+):
+    if threads:
+        torch.set_num_threads(threads)
+    if preset not in PRESETS:
+        fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in dict(dim=dim, n_layers=layers, num_experts=experts, top_k=top_k,
+                                       expert_hidden=expert_hidden, expert_kind=expert_kind, wd_rank=wd_rank,
+                                       shared_expert_hidden=shared_expert_hidden, vocab_size=vocab_size,
+                                       bles_weight=bles_weight, lb_weight=lb_weight,
+                                       router_entropy_weight=router_entropy_weight).items() if v is not None}
+    opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
+                        weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
+                        eval_windows=eval_windows, seed=seed)
+    try:
+        cfg = ModelConfig.from_dict(PRESETS[preset].to_dict() | overrides)
+        if dense:
+            cfg = cfg.dense_baseline()
+        if seq_len > cfg.max_seq_len:
+            fail(f"--seq-len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        run(cfg, opts, out, corpus, resume, quiet)
+    except (CorpusError, CheckpointError, ValueError) as e:
+        fail(str(e))
+
+
+def fail(msg: str):
+    print(f"edge-train: error: {msg}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,70 @@
+"""One small interface over the two runtimes: load a program file, run a method on numpy arrays,
+release it. Everything above this (the decode loop, the expert cache) is backend-neutral.
+
+The onnx path imports onnxruntime and numpy only; torch is imported by the executorch path alone,
+because executorch's Python runtime takes torch tensors.
+"""
+
+import numpy as np
+
+from edge_runtime.manifest import ArtifactError
+
+
+class OnnxProgram:
+    """An onnxruntime session. ONNX files have one entry point, so `method` is ignored."""
+
+    def __init__(self, path, threads: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # no arena: memory freed when an expert is dropped goes back to malloc (and from there
+        # to the OS with malloc_trim) instead of staying reserved in a per-session arena
+        so.enable_cpu_mem_arena = False
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad protobufs
+            raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ONNX program "
+                                f"({str(e).splitlines()[0][:160]})") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def run(self, method: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.inputs, inputs)))
+
+    def release(self):
+        self.session = None
+
+
+class ExecuTorchProgram:
+    """An ExecuTorch program (.pte, XNNPACK delegate) with the given methods loaded."""
+
+    def __init__(self, path, methods: list[str]):
+        import torch  # noqa: F401  (executorch's runtime binds torch tensors)
+        from executorch.runtime import Runtime, Verification
+
+        try:
+            self.program = Runtime.get().load_program(path, verification=Verification.Minimal)
+            self.methods = {m: self.program.load_method(m) for m in methods}
+        except Exception as e:
+            raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ExecuTorch program "
+                                f"({str(e).splitlines()[0][:160]})") from None
+
+    def run(self, method: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        outs = self.methods[method].execute([torch.from_numpy(a) for a in inputs])
+        # outputs live in the method's planned memory, which its next call overwrites: copy them out
+        return [o.numpy().copy() for o in outs]
+
+    def release(self):
+        self.methods = None
+        self.program = None
+
+
+def open_program(backend: str, path, methods: list[str], threads: int = 1):
+    if backend == "onnx":
+        return OnnxProgram(path, threads)
+    return ExecuTorchProgram(path, methods)

@@ -1,0 +1,111 @@
+"""edge-run: generate text from an artifact with experts loaded lazily under a memory budget."""
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_runtime.manifest import BACKENDS, ArtifactError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_budget(text: str, expert_bytes_total: int) -> int | None:
+    """'all' -> None (every expert fits); '64MB', '1.5GiB', '300000' -> bytes; '25%' -> of all experts' bytes."""
+    t = text.strip().lower()
+    if t == "all":
+        return None
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", t):
+        return int(float(m.group(1)) / 100 * expert_bytes_total)
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?", t):
+        return int(float(m.group(1)) * UNITS[m.group(2) or "b"])
+    raise ArtifactError(f"cannot read memory budget {text!r}: use all, a size like 64MB or 1.5GiB, or a percentage like 25%")
+
+
+def fail(msg: str, code: int = 2):
+    print(f"edge-run: error: {msg}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+@app.command(help="Generate text from an ARTIFACT written by edge-export. Experts are loaded from storage when "
+                  "the router first needs them and kept in a cache bounded by --memory-budget; the text streams to "
+                  "stdout and the measured figures (time to first token, tokens/s, peak RSS, bytes read, cache "
+                  "hits) follow on stderr.")
+def main(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder written by edge-export.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate (stops early at end-of-text).")] = 128,
+    backend: Annotated[str, typer.Option(help="executorch or onnx.")] = "executorch",
+    memory_budget: Annotated[str, typer.Option(help="Bytes of resident experts: all, 64MB, 1.5GiB, or 25% of all "
+                                                    "experts' bytes.")] = "all",
+    cache_policy: Annotated[str, typer.Option(help="Which resident expert to evict: lru or lfu.")] = "lru",
+    prefetch: Annotated[bool, typer.Option(help="Guess the next layer's experts and load them in the background.")] = False,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set of tokens with this mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    cold: Annotated[bool, typer.Option("--cold", help="Drop the artifact's files from the OS page cache first, so "
+                                                      "expert loads really read storage.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the full metrics report here as JSON.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No metrics table.")] = False,
+    verify: Annotated[bool, typer.Option(help="Check each file's sha256 on its first load (sizes are always checked).")] = True,
+    threads: Annotated[int, typer.Option(help="Threads per program call.")] = 1,
+):
+    from edge_runtime.run import run
+
+    if backend not in BACKENDS:
+        fail(f"unknown --backend {backend!r}; choose {' or '.join(BACKENDS)}")
+    if cache_policy not in ("lru", "lfu"):
+        fail(f"unknown --cache-policy {cache_policy!r}; choose lru or lfu")
+    if not prompt:
+        fail("--prompt is empty")
+    if max_new_tokens < 1:
+        fail("--max-new-tokens must be at least 1")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        fail("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+    try:
+        result = run(artifact, prompt, max_new_tokens, backend, memory_budget, cache_policy, prefetch, temperature,
+                     top_k, top_p, seed, cold, verify, threads, stream=sys.stdout)
+    except ArtifactError as e:
+        fail(str(e))
+    if report is not None:
+        report.write_text(json.dumps(result, indent=1))
+    if not quiet:
+        print_metrics(result)
+
+
+def print_metrics(r: dict):
+    from rich.console import Console
+    from rich.table import Table
+
+    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    t = Table(title=f"edge-run: {r['backend']}, {r['quant']}, budget {mb(r['memory_budget_bytes'])} "
+                    f"of {mb(r['expert_bytes_total'])} experts")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    lat = r["token_latency_ms"]
+    rows = [
+        ("tokens (prompt / generated)", f"{r['prompt_tokens']} / {r['generated_tokens']}"),
+        ("time to first token", f"{r['ttft_ms']:.1f} ms"),
+        ("prefill", f"{r['prefill_tokens_per_s']:.0f} tok/s"),
+        ("decode", f"{r['decode_tokens_per_s']:.0f} tok/s"),
+        ("token latency p50 / p95 / max", f"{lat['p50']:.2f} / {lat['p95']:.2f} / {lat['max']:.2f} ms"),
+        ("backbone load", f"{r['load_ms']:.0f} ms"),
+        ("peak RSS (VmHWM)", mb(r["peak_rss_bytes"])),
+        ("RSS after backbone load", mb(r["rss_after_load_bytes"])),
+        ("storage read", mb(r["storage_read_bytes"])),
+        ("resident experts, peak", mb(r["resident_expert_bytes_peak"])),
+        ("expert hits / misses / evictions", f"{r['expert_hits']} / {r['expert_misses']} / {r['expert_evictions']}"),
+        ("expert hit rate", f"{r['expert_hit_rate']:.1%}"),
+        ("expert switch rate", f"{r['expert_switch_rate']:.1%}"),
+    ]
+    if r["prefetch"]["issued"]:
+        rows.append(("prefetch issued / useful", f"{r['prefetch']['issued']} / {r['prefetch']['useful']}"))
+    for row in rows:
+        t.add_row(*row)
+    Console(stderr=True).print(t)

@@ -1,0 +1,196 @@
+"""The decode loop over an artifact: embedding rows from a safetensors file, per layer the backbone
+program, the router's top-k, the experts (loaded on a miss), then the head.
+
+Data flow per layer l, for the T tokens of this step (see export/programs.py for the programs):
+  h, x, logits, k, v = layer_l(h, cos, sin, k_cache_l, v_cache_l, mask)
+  cache k, v at the tokens' positions; route x by logits; h += sum_k w_k * expert_k(x)
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from edge_runtime.backends import open_program
+from edge_runtime.experts import ExpertCache, ExpertStore
+from edge_runtime.kv import KVCache, attention_mask, rope_rows
+from edge_runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def route(logits: np.ndarray, top_k: int):
+    """Experts (T, k) by descending probability, and their weights renormalised over the k."""
+    probs = softmax(logits.astype(np.float32))
+    experts = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+    w = np.take_along_axis(probs, experts, -1)
+    return experts, w / w.sum(-1, keepdims=True)
+
+
+@dataclass
+class RoutingLog:
+    """Per layer, the expert sets of consecutive tokens, for the switch rate."""
+    last: dict = field(default_factory=dict)
+    pairs: int = 0
+    switched: int = 0
+    trace: list = field(default_factory=list)  # (position, layer, experts) when tracing
+
+    def add(self, layer: int, sets: np.ndarray, pos0: int, keep_trace: bool):
+        for i, s in enumerate(sets):
+            s = set(int(e) for e in s)
+            prev = self.last.get(layer)
+            if prev is not None:
+                self.pairs += len(s)
+                self.switched += len(s - prev)
+            self.last[layer] = s
+            if keep_trace:
+                self.trace.append((pos0 + i, layer, sorted(s)))
+
+    @property
+    def switch_rate(self) -> float:
+        return self.switched / self.pairs if self.pairs else 0.0
+
+
+class Engine:
+    def __init__(self, artifact, backend: str = "onnx", budget_bytes: int | None = None, policy: str = "lru",
+                 verify: bool = True, prefetch: bool = False, threads: int = 1, trace: bool = False,
+                 on_cache_event=None):
+        self.artifact = Path(artifact)
+        self.manifest = m = load_manifest(self.artifact)
+        self.backend = backend
+        section = backend_section(m, backend)
+        cfg = self.cfg = m["model"]
+        self.top_k, self.n_layers = cfg["top_k"], cfg["n_layers"]
+        self.max_seq_len = cfg["max_seq_len"]
+        self.chunk = m["layer_max_tokens"]
+        self.expert_chunk = m["expert_max_tokens"]
+        self.rep = cfg["n_heads"] // cfg["n_kv_heads"]
+        self.trace = trace
+        if backend == "executorch":
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(threads)  # XNNPACK's pool; decode-sized matmuls run best on one core
+
+        t = time.perf_counter_ns()
+        self.embedding = self._load_embedding(verify)
+        self.routers = None
+        if prefetch:
+            self.routers = load_file(str(check_file(self.artifact, m["routers"], verify)))
+        self.parts = {}
+        programs = {}
+        for f in section["backbone"]["files"]:
+            path = check_file(self.artifact, f, verify)
+            methods = [p["method"] for p in section["backbone"]["parts"].values() if p["path"] == f["path"]]
+            programs[f["path"]] = open_program(backend, path, methods, threads)
+        for name, p in section["backbone"]["parts"].items():
+            self.parts[name] = (programs[p["path"]], p["method"])
+        self.backbone_load_ns = time.perf_counter_ns() - t
+
+        self.store = ExpertStore(self.artifact, backend, section["experts"], verify, threads)
+        self.expert_bytes_total = sum(self.store.cost(k) for k in self.store.entries)
+        self.min_budget = self.top_k * max(self.store.cost(k) for k in self.store.entries)
+        budget = self.expert_bytes_total if budget_bytes is None else budget_bytes
+        if budget < self.min_budget:
+            raise ArtifactError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
+                                f"(the {self.top_k} largest experts a layer may need at once)")
+        self.cache = ExpertCache(self.store, budget, policy, on_cache_event)
+        self.prefetcher = ThreadPoolExecutor(1) if prefetch else None
+        self.prefetch_issued = 0
+        self.cos, self.sin = rope_rows(cfg["head_dim"], self.max_seq_len, cfg["rope_theta"])
+        self.kv = KVCache(self.n_layers, cfg["n_kv_heads"], self.max_seq_len, cfg["head_dim"])
+        self.pos = 0
+        self.routing = RoutingLog()
+
+    def _load_embedding(self, verify):
+        e = self.manifest["embedding"]
+        t = load_file(str(check_file(self.artifact, e, verify)))
+        self.embedding_scale = t.get("scale")
+        return t["weight"]
+
+    def embed(self, ids) -> np.ndarray:
+        rows = self.embedding[np.asarray(ids)]
+        if self.embedding_scale is None:
+            return rows.astype(np.float32)
+        return rows.astype(np.float32) * self.embedding_scale[np.asarray(ids)][:, None]
+
+    def reset(self):
+        """Start a new sequence. Old cache entries need no clearing: the mask hides slots >= pos."""
+        self.pos = 0
+        self.routing = RoutingLog()
+
+    def forward(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
+        """Run `ids` at the next positions; logits of the last token (or all, with all_logits)."""
+        if self.pos + len(ids) > self.max_seq_len:
+            raise ArtifactError(f"sequence would exceed the model's {self.max_seq_len} positions")
+        logits = []
+        for i in range(0, len(ids), self.chunk):
+            h = self._step(ids[i:i + self.chunk])
+            if all_logits or i + self.chunk >= len(ids):
+                logits.append(self._run("head", [h if all_logits else h[-1:]])[0])
+        return np.concatenate(logits) if len(logits) > 1 else logits[0]
+
+    def _run(self, part, inputs):
+        program, method = self.parts[part]
+        return program.run(method, inputs)
+
+    def _step(self, ids) -> np.ndarray:
+        T, p0 = len(ids), self.pos
+        h = self.embed(ids)
+        mask = attention_mask(p0, T, self.max_seq_len, self.rep)
+        cos, sin = self.cos[p0:p0 + T], self.sin[p0:p0 + T]
+        for layer in range(self.n_layers):
+            h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, self.kv.k[layer], self.kv.v[layer], mask])
+            self.kv.write(layer, p0, k, v)
+            experts, weights = route(logits, self.top_k)
+            self.routing.add(layer, experts, p0, self.trace)
+            self._prefetch_next(layer, x)
+            h = h + self._experts(layer, x, experts, weights)
+        self.pos += T
+        return h
+
+    def _experts(self, layer, x, experts, weights) -> np.ndarray:
+        """sum over each token's k experts of weight * expert(x); every expert runs once on all of
+        its tokens (in slices of the program's maximum), resident experts first."""
+        out = np.zeros_like(x)
+        needed = np.unique(experts)
+        order = sorted(needed, key=lambda e: ((layer, int(e)) not in self.cache.resident, int(e)))
+        for e in order:
+            key = (layer, int(e))
+            program = self.cache.get(key, pinned=frozenset({key}))
+            rows, slots = np.nonzero(experts == e)
+            for i in range(0, len(rows), self.expert_chunk):
+                r, s = rows[i:i + self.expert_chunk], slots[i:i + self.expert_chunk]
+                y = program.run("forward", [np.ascontiguousarray(x[r])])[0]
+                out[r] += weights[r, s, None].astype(np.float32) * y
+        return out
+
+    def _prefetch_next(self, layer, x):
+        """Guess layer+1's experts by applying its router to this layer's expert input, and load
+        them on a background thread while this layer's experts run (mixtral-offloading's trick)."""
+        if self.prefetcher is None or layer + 1 >= self.n_layers:
+            return
+        w = self.routers[f"layer_{layer + 1}"]
+        guess = np.unique(route(x @ w.T, self.top_k)[0])
+        keys = [(layer + 1, int(e)) for e in guess if (layer + 1, int(e)) not in self.cache.resident]
+        if not keys:
+            return
+        self.prefetch_issued += len(keys)
+
+        current = frozenset((layer, int(e)) for e in range(self.cfg["num_experts"]))
+
+        def load():
+            for key in keys:
+                self.cache.prefetch(key, pinned=current)
+
+        self.prefetcher.submit(load)
+
+    def close(self):
+        if self.prefetcher is not None:
+            self.prefetcher.shutdown()
+

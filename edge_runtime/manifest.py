@@ -1,0 +1,76 @@
+"""artifact/manifest.json: the contract between the exporter and every runtime (Python, Android).
+
+Every file the manifest names carries its size and sha256; paths are relative to the artifact.
+Bump FORMAT_VERSION on any change a runtime must know about.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKENDS = ("executorch", "onnx")
+
+
+class ArtifactError(Exception):
+    """A problem with the artifact a user pointed us at: one line, no traceback."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(root: Path, path: Path, **extra) -> dict:
+    return {"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            **extra}
+
+
+def load_manifest(artifact: Path) -> dict:
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise ArtifactError(f"artifact folder not found: {artifact}")
+    if not artifact.is_dir():
+        raise ArtifactError(f"{artifact} is not a folder (expected an artifact written by edge-export)")
+    path = artifact / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{artifact} has no {MANIFEST}: not an artifact written by edge-export")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e})") from None
+    version = m.get("format_version") if isinstance(m, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {version!r}; this runtime reads version {FORMAT_VERSION} "
+                            "(re-export the model with this version of edge-export)")
+    for key in ("model", "tokenizer", "embedding", "quant", "backends"):
+        if key not in m:
+            raise ArtifactError(f"{path} lacks '{key}'")
+    return m
+
+
+def backend_section(manifest: dict, backend: str) -> dict:
+    have = sorted(manifest["backends"])
+    if backend not in BACKENDS:
+        raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in manifest["backends"]:
+        raise ArtifactError(f"this artifact has no {backend} programs (it has: {', '.join(have) or 'none'})")
+    return manifest["backends"][backend]
+
+
+def check_file(artifact: Path, entry: dict, verify_sha: bool) -> Path:
+    """The entry's file, after checking its size (always) and sha256 (when asked)."""
+    path = Path(artifact) / entry["path"]
+    if not path.is_file():
+        raise ArtifactError(f"missing file {entry['path']} in {artifact}")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise ArtifactError(f"{entry['path']} is {size} bytes, the manifest says {entry['bytes']}: "
+                            "truncated or replaced file")
+    if verify_sha and sha256_file(path) != entry["sha256"]:
+        raise ArtifactError(f"{entry['path']} does not match its sha256 in the manifest: corrupt file")
+    return path

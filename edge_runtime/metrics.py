@@ -1,0 +1,57 @@
+"""What the OS says about this process: memory from /proc/self/status, storage reads from
+/proc/self/io, and the two levers the runtime pulls on it (malloc_trim, page-cache eviction)."""
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+_libc = None
+
+
+def _status() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if val.strip().endswith("kB"):
+            out[key] = int(val.split()[0]) * 1024
+    return out
+
+
+def rss_bytes() -> int:
+    return _status().get("VmRSS", 0)
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: the high-water mark of resident memory since the process started."""
+    return _status().get("VmHWM", 0)
+
+
+def storage_read_bytes() -> int:
+    """Bytes this process caused to be read from storage (page-cache hits do not count)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def release_heap():
+    """Give freed heap pages back to the OS. glibc keeps freed chunks in its arenas, so after an
+    expert is dropped RSS would not fall without this (measured: +38 MB kept for 16 experts)."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name) if name else False
+    if _libc and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
+
+
+def drop_page_cache(paths) -> None:
+    """Evict these files from the OS page cache so the next read really comes from storage."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

@@ -1,0 +1,170 @@
+"""Write a whole artifact: shared files, each backend's backbone and experts (in parallel worker
+processes), the manifest, then verification through the edge runtime. Everything goes into a
+temporary folder beside `out`, renamed into place only when complete."""
+
+import json
+import multiprocessing
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from safetensors.numpy import save_file
+
+from cosmoe.checkpoint import load_model
+from edge_runtime.manifest import FORMAT_VERSION, MANIFEST, file_entry
+from export import build
+from export.quantize import check_group_size, quantize_embedding
+
+CALLING_CONVENTION = {
+    "embedding": "rows of embedding.safetensors 'weight' (int8 rows times 'scale' when present) for the token ids",
+    "layer": {"inputs": build.LAYER_INPUTS, "outputs": build.LAYER_OUTPUTS,
+              "doc": "h (T,D); cos, sin (T,1,head_dim) rows of the rotate-half RoPE table at the tokens' positions; "
+                     "k_cache, v_cache (n_kv_heads, max_seq_len, head_dim) float32, owned by the runtime, read only; "
+                     "mask (rep*T, max_seq_len+T) additive: row r*T+t allows cache slots < pos0 and new tokens <= t. "
+                     "Outputs: h after attention (+ shared expert), x the experts' input, router_logits (T,E), "
+                     "k, v (n_kv_heads,T,head_dim) to store at positions pos0..pos0+T-1."},
+    "router": "softmax(router_logits) -> top_k experts -> weights renormalised over the k",
+    "expert": {"inputs": ["x"], "outputs": ["y"], "doc": "x (T,D) rows routed to this expert; h += weight * y"},
+    "head": {"inputs": ["h"], "outputs": ["logits"], "doc": "h (T,D) -> logits (T,vocab)"},
+}
+
+
+class ExportError(Exception):
+    pass
+
+
+def package_versions() -> dict:
+    return {p: version(p) for p in ("cosmoe-edge", "torch", "executorch", "torchao", "onnx", "onnxruntime")}
+
+
+def write_shared(model, tokenizer, ckpt: dict, scheme: str, tmp: Path) -> dict:
+    tok_path = tmp / "tokenizer.json"
+    tok_path.write_text(ckpt["tokenizer"])
+    emb = quantize_embedding(model.tok_emb.weight, scheme)
+    save_file(emb, str(tmp / "embedding.safetensors"))
+    routers = {f"layer_{i}": layer.ffn.router.weight.detach().float().numpy() for i, layer in enumerate(model.layers)}
+    save_file(routers, str(tmp / "routers.safetensors"))
+    return {
+        "tokenizer": file_entry(tmp, tok_path, eos_id=tokenizer.token_to_id("<|endoftext|>")),
+        "embedding": file_entry(tmp, tmp / "embedding.safetensors", scheme="fp32" if scheme == "fp32" else "int8-per-row"),
+        "routers": file_entry(tmp, tmp / "routers.safetensors",
+                              doc="fp32 router weights (E,D) per layer, for the runtime's prefetch guess"),
+    }
+
+
+def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, backends: list[str], jobs: int,
+                    verify: bool, progress=None) -> dict:
+    """Returns the manifest it wrote. `progress(advance_by, description, total)` is called as parts finish."""
+    t0 = time.perf_counter()
+    model, tokenizer, ckpt = load_model(ckpt_path)
+    cfg = model.cfg
+    if cfg.ffn != "moe":
+        raise ExportError("edge-export needs an MoE model; this checkpoint is the dense baseline")
+    check_group_size(cfg.to_dict(), scheme, group_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        manifest = {"format_version": FORMAT_VERSION, "exporter": package_versions(),
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "source": {"checkpoint": Path(ckpt_path).name, "meta": {k: ckpt["meta"].get(k) for k in
+                               ("val_ppl", "switch_rate_mean", "tokens_seen", "corpus")}},
+                    "model": cfg.to_dict() | {"head_dim": cfg.head_dim},
+                    "quant": {"scheme": scheme, "group_size": group_size if scheme == "int4" else None,
+                              "embedding": "fp32" if scheme == "fp32" else "int8-per-row",
+                              "head": "fp32" if scheme == "fp32" else "int8-per-channel", "routers": "fp32"},
+                    "layer_max_tokens": build.LAYER_MAX_TOKENS, "expert_max_tokens": build.EXPERT_MAX_TOKENS,
+                    "calling_convention": CALLING_CONVENTION}
+        manifest |= write_shared(model, tokenizer, ckpt, scheme, tmp)
+        manifest["backends"] = build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp, progress)
+        manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if verify:
+            from export.verify import verify_artifact
+
+            if progress:
+                progress(0, "verifying", None)
+            manifest["verification"] = verify_artifact(tmp, model, tokenizer, ckpt, scheme, backends)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        replace_dir(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(tmp: Path, out: Path):
+    """Rename tmp to out; an old out (allowed with --force) is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{int(time.time())}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp: Path, progress) -> dict:
+    tasks = []
+    for b in backends:
+        tasks.append((build.build_backbone, (str(ckpt_path), b, scheme, group_size, str(tmp))))
+        tasks += [(build.build_expert, (str(ckpt_path), b, scheme, group_size, str(tmp), layer, e))
+                  for layer in range(cfg.n_layers) for e in range(cfg.num_experts)]
+    if progress:
+        progress(0, "exporting programs", len(tasks))
+    results = {b: {"backbone": None, "experts": []} for b in backends}
+    # spawn: forked children of a process that has run torch can deadlock in its thread pools
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
+        futures = {pool.submit(fn, *args): args[1] for fn, args in tasks}
+        try:
+            for fut in as_completed(futures):
+                res = fut.result()
+                b = futures[fut]
+                if "files" in res:
+                    results[b]["backbone"] = res
+                else:
+                    results[b]["experts"].append(res)
+                if progress:
+                    progress(1, "exporting programs", None)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return {b: backend_entry(b, results[b], tmp) for b in backends}
+
+
+def backend_entry(backend: str, res: dict, tmp: Path) -> dict:
+    bb = res["backbone"]
+    rel = lambda p: Path(p).relative_to(tmp).as_posix()  # noqa: E731
+    experts = []
+    for e in sorted(res["experts"], key=lambda e: (e["layer"], e["expert"])):
+        entry = file_entry(tmp, Path(e["path"]), layer=e["layer"], expert=e["expert"])
+        entry["resident_bytes"] = entry["bytes"] + e["planned_bytes"]
+        experts.append(entry)
+    section = {
+        "backbone": {"files": [file_entry(tmp, Path(f)) for f in bb["files"]],
+                     "parts": {name: {"path": rel(p["path"]), "method": p["method"]} for name, p in bb["parts"].items()}},
+        "experts": experts,
+    }
+    if backend == "executorch":
+        reports = [bb["report"]] + [e["report"] for e in res["experts"]]
+        portable = {}
+        for r in reports:
+            for op, n in r["portable_ops"].items():
+                portable[op] = portable.get(op, 0) + n
+        section["delegation"] = {
+            "xnnpack_ops": sum(r["delegated_ops"] for r in reports), "portable_ops": portable,
+            "backbone_delegate_calls": bb["report"]["delegate_calls"],
+            "expert_delegate_calls": max(e["report"]["delegate_calls"]["forward"] for e in res["experts"]),
+            "backbone_planned_bytes": bb["report"]["planned_bytes"]}
+    else:
+        per_expert = [e["report"] for e in res["experts"]]
+        section["matmulnbits"] = {"backbone": bb["report"]["matmulnbits"],
+                                  "experts_ok": all(r["matmulnbits"] == r["linear_layers"] for r in per_expert)
+                                  if per_expert and per_expert[0]["matmulnbits"] else None,
+                                  "per_expert": per_expert[0]["matmulnbits"] if per_expert else 0}
+    return section

@@ -1,0 +1,134 @@
+"""edge-export: quantise a CoSMoE checkpoint and write an artifact for ExecuTorch and ONNX."""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_runtime.manifest import BACKENDS
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def fail(msg: str, code: int = 2):
+    print(f"edge-export: error: {msg}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command(help="Quantise MODEL (a model.pt from edge-train) and write an artifact folder: a backbone plus one "
+                  "program file per expert per layer, for ExecuTorch (.pte, XNNPACK) and ONNX (onnxruntime), "
+                  "with a manifest of sizes and checksums. The artifact is then run through the edge runtime "
+                  "and compared with the eager model (unless --no-verify).")
+def main(
+    model: Annotated[Path, typer.Argument(help="Checkpoint written by edge-train (e.g. models/cosmoe-default.pt).")],
+    quant: Annotated[str, typer.Option(help="Weights: fp32, int8 (per channel) or int4 (per group).")] = "int4",
+    group_size: Annotated[int, typer.Option(help="int4 group size along each layer's input dimension.")] = 32,
+    backend: Annotated[str, typer.Option(help="executorch, onnx, or all.")] = "all",
+    out: Annotated[Path, typer.Option(help="Artifact folder to write.")] = Path("artifact"),
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    verify: Annotated[bool, typer.Option(help="Compare the written artifact with the eager model.")] = True,
+    jobs: Annotated[int, typer.Option(help="Worker processes exporting experts in parallel.")] = os.cpu_count() or 1,
+):
+    from export.quantize import SCHEMES
+
+    if quant not in SCHEMES:
+        fail(f"unknown --quant {quant!r}; choose one of {', '.join(SCHEMES)}")
+    if backend != "all" and backend not in BACKENDS:
+        fail(f"unknown --backend {backend!r}; choose executorch, onnx or all")
+    if not model.is_file():
+        fail(f"model not found: {model}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        fail(f"{out} exists and is not empty; pass --force to replace it")
+    if jobs < 1:
+        fail("--jobs must be at least 1")
+    backends = list(BACKENDS) if backend == "all" else [backend]
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cosmoe.checkpoint import CheckpointError
+    from edge_runtime.manifest import ArtifactError
+    from export.artifact import ExportError, export_artifact
+    from export.build import quiet
+    from export.quantize import QuantError
+
+    quiet()
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def progress(advance, description, total):
+            bar.update(task, advance=advance, description=description, **({"total": total} if total else {}))
+
+        try:
+            manifest = export_artifact(model, out, quant, group_size, backends, jobs, verify, progress)
+        except (CheckpointError, ExportError, QuantError, ArtifactError) as e:
+            fail(str(e))
+        except OSError as e:
+            fail(f"cannot write {e.filename or out}: {e.strerror or e}")
+    print_summary(manifest, out)
+    failed = [b for b, r in manifest.get("verification", {}).items() if not r["passed"]]
+    if failed:
+        print(f"edge-export: verification missed its goal for {', '.join(failed)} (figures above); "
+              f"the artifact is written", file=sys.stderr)
+        raise typer.Exit(3)
+
+
+def print_summary(m: dict, out: Path):
+    from rich.console import Console
+    from rich.table import Table
+
+    q = m["quant"]
+    t = Table(title=f"{out}  ({q['scheme']}" + (f", group {q['group_size']}" if q["group_size"] else "") +
+              f", exported in {m['export_seconds']:.0f}s)")
+    for col in ("backend", "files", "total", "backbone", "all experts", "one expert"):
+        t.add_column(col, justify="left" if col == "backend" else "right")
+    shared = sum(m[k]["bytes"] for k in ("tokenizer", "embedding", "routers"))
+    lines = []
+    for b, s in m["backends"].items():
+        backbone = sum(f["bytes"] for f in s["backbone"]["files"]) + m["embedding"]["bytes"]
+        experts = sum(e["bytes"] for e in s["experts"])
+        one = max(e["bytes"] for e in s["experts"])
+        t.add_row(b, str(len(s["backbone"]["files"]) + len(s["experts"])), human(backbone + experts + shared),
+                  human(backbone), human(experts), human(one))
+        v = m.get("verification", {}).get(b)
+        if v is None:
+            lines.append(f"{b}: verification skipped (--no-verify)")
+            continue
+        h = v["heldout"]
+        line = (f"{b}: verification {'PASS' if v['passed'] else 'FAIL'}: held-out top-1 agreement with eager fp32 "
+                f"{h['top1_agreement']:.1%}, perplexity {h['ppl_artifact']:.3f} vs {h['ppl_eager_fp32']:.3f} "
+                f"({h['ppl_change']:+.2%}")
+        line += f", goal <= {v['goal_ppl_change']:.0%})" if "goal_ppl_change" in v else ")"
+        if "greedy" in v:
+            g = v["greedy"]
+            line += (f"; greedy {g['new_tokens']} tokens x {g['prompts']} prompts "
+                     f"{'identical' if g['greedy_identical'] else 'DIFFER'}, max |logit diff| {g['max_logit_diff']:.1e}")
+        lines.append(line)
+    Console().print(t)
+    print("\n".join(lines))
+    for b, s in m["backends"].items():
+        if "delegation" in s:
+            d = s["delegation"]
+            portable = ", ".join(f"{k} x{v}" for k, v in d["portable_ops"].items()) or "none"
+            print(f"executorch: {d['xnnpack_ops']} ops in XNNPACK, portable ops: {portable}; "
+                  f"backbone delegate calls per method: {max(d['backbone_delegate_calls'].values())}")
+        if "matmulnbits" in s and m["quant"]["scheme"] != "fp32":
+            mm = s["matmulnbits"]
+            bb = sum(v["matmulnbits"] for v in mm["backbone"].values())
+            want = sum(v["linear_layers"] for v in mm["backbone"].values())
+            print(f"onnx: MatMulNBits {bb}/{want} linear layers in the backbone, {mm['per_expert']} per expert "
+                  f"({'all experts' if mm['experts_ok'] else 'NOT all experts'}); routers stay fp32")
+    emb = m["embedding"]["bytes"]
+    print(f"embedding table ({m['quant']['embedding']}): {human(emb)}")

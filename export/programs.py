@@ -1,0 +1,118 @@
+"""The programs an artifact holds, written so torch.export traces them and XNNPACK takes each one
+whole (one delegate call, no portable kernels on the per-token path):
+
+- LayerProgram: one layer up to its router (norm, attention over the runtime's KV cache, norm,
+  shared expert, router logits).
+- the routed expert: the model's own SwiGLU module, factors kept apart for `wd` experts.
+- HeadProgram: final norm and LM head.
+
+Rules that keep XNNPACK's partitioner happy, each found by counting delegated ops:
+2-D/3-D tensors only (4-D batched matmuls with a dynamic dim crash XNNPACK 1.5.1), views whose
+only dynamic size is -1, RoPE's rotate-half folded into a second projection instead of slicing,
+the RMSNorm mean as a 4-D average, and no masks or indices built in the graph: the runtime passes
+cos/sin rows and an additive mask.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+from cosmoe.model import MoE, RMSNorm
+
+
+def rms_norm(x, norm: RMSNorm):
+    """RMSNorm of (T, D) rows; XNNPACK lowers mean only over the two inner dims of a 4-D tensor."""
+    ms = x.pow(2).view(1, -1, x.shape[-1], 1).mean(dim=(2, 3), keepdim=True).view(-1, 1)
+    return x * torch.rsqrt(ms + norm.eps) * norm.weight
+
+
+def rotated(linear: nn.Linear, heads: int, head_dim: int) -> nn.Linear:
+    """A projection whose output is rotate_half of `linear`'s, per head: [x1, x2] -> [-x2, x1].
+    q * cos + rotated(q) * sin is then RoPE with no slicing of the activations."""
+    w = linear.weight.detach().view(heads, head_dim, -1)
+    half = head_dim // 2
+    out = nn.Linear(w.shape[-1], heads * head_dim, bias=False)
+    out.weight = nn.Parameter(torch.cat([-w[:, half:], w[:, :half]], 1).reshape(heads * head_dim, -1).clone(),
+                              requires_grad=False)
+    return out
+
+
+class LayerProgram(nn.Module):
+    """Inputs: h (T, D) residual stream; cos, sin (T, 1, head_dim); k_cache, v_cache
+    (n_kv_heads, S, head_dim), the runtime's cache, read only; mask (rep*T, S+T) additive, 0 where
+    query row may attend and -inf elsewhere (rows ordered group-repeat-major, then token).
+    Outputs: h (T, D) after attention (+ shared expert); x (T, D) the routed experts' input;
+    router logits (T, E); k, v (n_kv_heads, T, head_dim), the new entries the runtime stores."""
+
+    def __init__(self, block):
+        super().__init__()
+        a = block.attn
+        self.attn_norm, self.ffn_norm = block.attn_norm, block.ffn_norm
+        self.wq, self.wk, self.wv, self.wo = a.wq, a.wk, a.wv, a.wo
+        self.wq_rot = rotated(a.wq, a.n_heads, a.head_dim)
+        self.wk_rot = rotated(a.wk, a.n_kv_heads, a.head_dim)
+        self.heads, self.kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
+        moe: MoE = block.ffn
+        self.router, self.shared = moe.router, moe.shared
+
+    def forward(self, h, cos, sin, k_cache, v_cache, mask):
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        rep = H // KV
+        x = rms_norm(h, self.attn_norm)
+        q = self.wq(x).view(-1, H, hd) * cos + self.wq_rot(x).view(-1, H, hd) * sin
+        k = self.wk(x).view(-1, KV, hd) * cos + self.wk_rot(x).view(-1, KV, hd) * sin
+        v = self.wv(x).view(-1, KV, hd)
+        # grouped-query attention as one batched matmul per kv head: (KV, rep*T, hd) queries
+        q = q.view(-1, KV, rep, hd).permute(1, 2, 0, 3).contiguous().view(KV, -1, hd)
+        k, v = k.transpose(0, 1), v.transpose(0, 1)
+        keys, values = torch.cat([k_cache, k], dim=1), torch.cat([v_cache, v], dim=1)
+        p = torch.softmax(torch.bmm(q, keys.transpose(1, 2)) * (1.0 / math.sqrt(hd)) + mask, dim=-1)
+        y = torch.bmm(p, values).view(KV, rep, -1, hd).permute(2, 0, 1, 3).contiguous().view(-1, H * hd)
+        h = h + self.wo(y)
+        x = rms_norm(h, self.ffn_norm)
+        if self.shared is not None:
+            h = h + self.shared(x)
+        return h, x, self.router(x), k, v
+
+
+class HeadProgram(nn.Module):
+    """Final norm and LM head: h (T, D) -> logits (T, V). A tied head gets its own copy of the
+    embedding matrix, so it can be quantised as a linear layer."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.norm = model.norm
+        if model.lm_head is None:
+            self.lm_head = nn.Linear(model.cfg.dim, model.cfg.vocab_size, bias=False)
+            self.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone(), requires_grad=False)
+        else:
+            self.lm_head = model.lm_head
+
+    def forward(self, h):
+        return self.lm_head(rms_norm(h, self.norm))
+
+
+class MatMul(nn.Module):
+    """x @ W^T with W^T stored as a constant (in, out) matrix: the form onnxruntime's MatMulNBits
+    quantiser recognises (it skips the Gemm the ONNX exporter makes of nn.Linear)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+
+    def forward(self, x):
+        return torch.matmul(x, self.weight_t)
+
+
+def linears_to_matmul(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> int:
+    """Replace every nn.Linear under `module` (in place) by MatMul, except those in `skip`.
+    Returns how many were replaced: the count of MatMulNBits nodes to expect after quantising."""
+    n = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear) and not any(child is s for s in skip):
+            setattr(module, name, MatMul(child))
+            n += 1
+        else:
+            n += linears_to_matmul(child, skip)
+    return n

@@ -1,0 +1,31 @@
+"""Export programs to ONNX (torch.onnx dynamo exporter) and quantise them for onnxruntime."""
+
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+
+import torch
+
+from export.quantize import count_ops, onnx_quantize
+
+
+def to_onnx(module, example, input_names, output_names, dynamic_shapes):
+    """One self-contained ModelProto (weights inline: each expert file must stand alone)."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, example, dynamo=True, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False)
+    return program.model_proto
+
+
+def quantize(model, scheme: str, group_size: int, expected_matmuls: int, what: str):
+    """Quantise per scheme and check that every linear layer became a MatMulNBits node."""
+    if scheme == "fp32":
+        return model, 0
+    model = onnx_quantize(model, 4 if scheme == "int4" else 8, group_size)
+    n = count_ops(model, "MatMulNBits")
+    if n != expected_matmuls:
+        raise RuntimeError(f"{what}: {n} MatMulNBits nodes after quantisation, expected {expected_matmuls}")
+    return model, n
