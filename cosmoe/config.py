@@ -26,9 +26,10 @@ class ModelConfig:
     # training losses (stored so a resumed run keeps them)
     lb_weight: float = 0.01  # per-sequence switch-style load balancing
     bles_weight: float = 0.0  # block-wise expert selection loss (CoSMoE)
-    # BlES alone is minimised by a uniform router (|W[t+1]-W[t]| -> 0 while the hard top-k keeps
-    # switching); penalising router entropy keeps the choice decisive, so BlES must make it sticky
-    router_entropy_weight: float = 0.0
+    # "standardized": BlES reads W = softmax(logits / std(logits)), which a router cannot lower by
+    # shrinking its logits (with top-k weights renormalised, a flat router costs the LM nothing, and
+    # the literal "softmax" form trains to exactly that: entropy log E, switch rate unchanged)
+    bles_form: str = "standardized"
 
     def __post_init__(self):
         if self.dim % self.n_heads:
@@ -41,6 +42,8 @@ class ModelConfig:
             raise ValueError(f"ffn must be 'moe' or 'dense', not {self.ffn!r}")
         if self.expert_kind not in ("swiglu", "wd"):
             raise ValueError(f"expert_kind must be 'swiglu' or 'wd', not {self.expert_kind!r}")
+        if self.bles_form not in ("standardized", "softmax"):
+            raise ValueError(f"bles_form must be 'standardized' or 'softmax', not {self.bles_form!r}")
         if self.ffn == "moe" and not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k {self.top_k} must be in 1..num_experts ({self.num_experts})")
 

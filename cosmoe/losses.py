@@ -26,15 +26,20 @@ def switch_rate(experts):
     return new.float().mean()
 
 
-def bles_loss(probs, experts):
+def bles_loss(W, experts):
     """Block-wise Expert Selection loss (CoSMoE): H * L where L = sum_{t,e} |W[t+1,e] - W[t,e]| / (B*T)
     is the soft change of routing between consecutive tokens and H the hard switch rate (no grad),
-    so the penalty fades as routing becomes sticky."""
-    B, T, _ = probs.shape
-    soft = (probs[:, 1:] - probs[:, :-1]).abs().sum() / (B * T)
+    so the penalty fades as routing becomes sticky. W: (B, T, E) routing distributions."""
+    B, T, _ = W.shape
+    soft = (W[:, 1:] - W[:, :-1]).abs().sum() / (B * T)
     return switch_rate(experts) * soft
 
 
-def router_entropy(probs):
-    """Mean entropy of the router's distribution per token (log E when uniform)."""
-    return -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
+def bles_distribution(logits, form: str):
+    """W for BlES. "softmax": the router's probabilities, as the paper writes it. "standardized":
+    softmax(logits / std(logits)), invariant to the logits' scale, so the loss can only fall by
+    making consecutive tokens rank experts alike (see ModelConfig.bles_form)."""
+    logits = logits.float()
+    if form == "standardized":
+        logits = logits / (logits.std(-1, keepdim=True) + 1e-6)
+    return logits.softmax(-1)

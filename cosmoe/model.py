@@ -112,6 +112,7 @@ class SwiGLU(nn.Module):
 
 @dataclass
 class Routing:
+    logits: torch.Tensor  # (B, T, E) router logits
     probs: torch.Tensor  # (B, T, E) softmax over all experts
     experts: torch.Tensor  # (B, T, k) chosen expert ids
     weights: torch.Tensor  # (B, T, k) renormalised over the chosen k
@@ -135,7 +136,8 @@ class MoE(nn.Module):
     def forward(self, x):
         B, T, D = x.shape
         flat = x.reshape(B * T, D)
-        probs, experts, weights = route(self.router(flat), self.top_k)
+        logits = self.router(flat)
+        probs, experts, weights = route(logits, self.top_k)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             tok, slot = (experts == e).nonzero(as_tuple=True)
@@ -143,7 +145,7 @@ class MoE(nn.Module):
                 out.index_add_(0, tok, expert(flat[tok]) * weights[tok, slot, None].to(flat.dtype))
         if self.shared is not None:
             out = out + self.shared(flat)
-        routing = Routing(probs.view(B, T, -1), experts.view(B, T, -1), weights.view(B, T, -1))
+        routing = Routing(logits.view(B, T, -1), probs.view(B, T, -1), experts.view(B, T, -1), weights.view(B, T, -1))
         return out.view(B, T, D), routing
 
 

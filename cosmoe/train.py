@@ -23,7 +23,7 @@ from cosmoe.config import PRESETS, ModelConfig
 from cosmoe.data import CorpusError, encode_stream, eval_windows, find_corpus, random_batch, read_documents, \
     split_documents
 from cosmoe.evaluate import evaluate
-from cosmoe.losses import bles_loss, load_balance_loss, router_entropy
+from cosmoe.losses import bles_distribution, bles_loss, load_balance_loss
 from cosmoe.model import CoSMoE, format_summary, param_summary
 from cosmoe.tokenizer import eos_id, load_tokenizer, train_tokenizer
 
@@ -64,9 +64,7 @@ def router_aux_loss(routings, cfg: ModelConfig):
         if cfg.lb_weight:
             total = total + cfg.lb_weight * load_balance_loss(r.probs, r.experts)
         if cfg.bles_weight:
-            total = total + cfg.bles_weight * bles_loss(r.probs, r.experts)
-        if cfg.router_entropy_weight:
-            total = total + cfg.router_entropy_weight * router_entropy(r.probs)
+            total = total + cfg.bles_weight * bles_loss(bles_distribution(r.logits, cfg.bles_form), r.experts)
     return total / len(moe)
 
 
@@ -255,7 +253,7 @@ def main(
     vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size.")] = None,
     bles_weight: Annotated[float | None, typer.Option(help="Weight of the block-wise expert selection loss (0: off).")] = None,
     lb_weight: Annotated[float | None, typer.Option(help="Weight of the per-sequence load-balancing loss.")] = None,
-    router_entropy_weight: Annotated[float | None, typer.Option(help="Weight of the router entropy penalty.")] = None,
+    bles_form: Annotated[str | None, typer.Option(help="BlES distribution: standardized (scale-invariant) or softmax.")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps in all (a resumed run continues to this).")] = TrainOptions.steps,
     batch_size: Annotated[int, typer.Option(help="Sequences per step (per rank).")] = TrainOptions.batch_size,
     seq_len: Annotated[int, typer.Option(help="Tokens per training sequence.")] = TrainOptions.seq_len,
@@ -278,7 +276,7 @@ def main(
                                        expert_hidden=expert_hidden, expert_kind=expert_kind, wd_rank=wd_rank,
                                        shared_expert_hidden=shared_expert_hidden, vocab_size=vocab_size,
                                        bles_weight=bles_weight, lb_weight=lb_weight,
-                                       router_entropy_weight=router_entropy_weight).items() if v is not None}
+                                       bles_form=bles_form).items() if v is not None}
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                         eval_windows=eval_windows, seed=seed)

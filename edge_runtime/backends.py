@@ -5,9 +5,30 @@ The onnx path imports onnxruntime and numpy only; torch is imported by the execu
 because executorch's Python runtime takes torch tensors.
 """
 
+import contextlib
+import logging
+import os
+
 import numpy as np
 
 from edge_runtime.manifest import ArtifactError
+
+
+@contextlib.contextmanager
+def silenced_stderr():
+    """ExecuTorch's C++ side (cpuinfo, XNNPACK init) and torchao's import write diagnostics to fd 2
+    that mean nothing to a user; failures still reach us as exceptions."""
+    logging.disable(logging.WARNING)
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        logging.disable(logging.NOTSET)
 
 
 class OnnxProgram:
@@ -42,12 +63,12 @@ class ExecuTorchProgram:
     """An ExecuTorch program (.pte, XNNPACK delegate) with the given methods loaded."""
 
     def __init__(self, path, methods: list[str]):
-        import torch  # noqa: F401  (executorch's runtime binds torch tensors)
-        from executorch.runtime import Runtime, Verification
-
         try:
-            self.program = Runtime.get().load_program(path, verification=Verification.Minimal)
-            self.methods = {m: self.program.load_method(m) for m in methods}
+            with silenced_stderr():
+                from executorch.runtime import Runtime, Verification
+
+                self.program = Runtime.get().load_program(path, verification=Verification.Minimal)
+                self.methods = {m: self.program.load_method(m) for m in methods}
         except Exception as e:
             raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ExecuTorch program "
                                 f"({str(e).splitlines()[0][:160]})") from None

@@ -109,3 +109,7 @@ def print_metrics(r: dict):
     for row in rows:
         t.add_row(*row)
     Console(stderr=True).print(t)
+
+
+if __name__ == "__main__":
+    app()

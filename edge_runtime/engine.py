@@ -73,9 +73,12 @@ class Engine:
         self.rep = cfg["n_heads"] // cfg["n_kv_heads"]
         self.trace = trace
         if backend == "executorch":
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            from edge_runtime.backends import silenced_stderr
 
-            _unsafe_reset_threadpool(threads)  # XNNPACK's pool; decode-sized matmuls run best on one core
+            with silenced_stderr():
+                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+                _unsafe_reset_threadpool(threads)  # XNNPACK's pool; decode-sized matmuls run best on one core
 
         t = time.perf_counter_ns()
         self.embedding = self._load_embedding(verify)

@@ -77,6 +77,8 @@ def main(
             fail(str(e))
         except OSError as e:
             fail(f"cannot write {e.filename or out}: {e.strerror or e}")
+        except KeyboardInterrupt:
+            fail(f"interrupted; nothing was written to {out}", 130)
     print_summary(manifest, out)
     failed = [b for b, r in manifest.get("verification", {}).items() if not r["passed"]]
     if failed:
@@ -132,3 +134,7 @@ def print_summary(m: dict, out: Path):
                   f"({'all experts' if mm['experts_ok'] else 'NOT all experts'}); routers stay fp32")
     emb = m["embedding"]["bytes"]
     print(f"embedding table ({m['quant']['embedding']}): {human(emb)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -25,3 +25,33 @@ def small_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, small_corpus) -> Path:
+    """A tiny CoSMoE trained for a few steps on real text, so its routing is not arbitrary."""
+    from cosmoe.train import TrainOptions, run
+
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    run(tiny_config(bles_weight=0.5), TrainOptions(steps=40, batch_size=8, seq_len=64, eval_every=1000,
+                                                   eval_windows=4, warmup=5, lr=3e-3),
+        path, small_corpus, None, quiet=True)
+    return path
+
+
+def _export(tmp_path_factory, model: Path, scheme: str) -> Path:
+    from export.artifact import export_artifact
+
+    out = tmp_path_factory.mktemp(f"artifact_{scheme}") / "artifact"
+    export_artifact(model, out, scheme, 32, ["executorch", "onnx"], jobs=2, verify=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_artifact(tmp_path_factory, tiny_model) -> Path:
+    return _export(tmp_path_factory, tiny_model, "fp32")
+
+
+@pytest.fixture(scope="session")
+def int4_artifact(tmp_path_factory, tiny_model) -> Path:
+    return _export(tmp_path_factory, tiny_model, "int4")

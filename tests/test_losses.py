@@ -1,6 +1,6 @@
 import torch
 
-from cosmoe.losses import bles_loss, load_balance_loss, switch_rate
+from cosmoe.losses import bles_distribution, bles_loss, load_balance_loss, switch_rate
 
 
 def test_switch_rate_counts_new_experts_per_slot():
@@ -28,3 +28,13 @@ def test_load_balance_is_per_sequence():
     assert torch.isclose(load_balance_loss(probs, experts), torch.tensor(2.0))  # E * 1: the worst case
     even = torch.tensor([[[1.0, 0.0], [0.0, 1.0]] * 2])
     assert torch.isclose(load_balance_loss(even, even.topk(1, -1).indices), torch.tensor(1.0))
+
+
+def test_standardized_bles_cannot_be_lowered_by_flattening_the_router():
+    logits = torch.randn(2, 16, 8)
+    experts = logits.topk(2, -1).indices
+    std = bles_loss(bles_distribution(logits, "standardized"), experts)
+    assert torch.isclose(std, bles_loss(bles_distribution(0.01 * logits, "standardized"), experts), rtol=1e-4)
+    # the literal softmax form falls towards zero as the router flattens, with the same hard choices
+    soft = bles_loss(bles_distribution(logits, "softmax"), experts)
+    assert bles_loss(bles_distribution(0.01 * logits, "softmax"), experts) < 0.05 * soft

@@ -1,0 +1,117 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cosmoe.checkpoint import load_model
+from edge_runtime.backends import open_program
+from edge_runtime.manifest import sha256_file
+
+CLI = [sys.executable, "-m", "export.cli"]
+
+
+def manifest(artifact):
+    return json.loads((artifact / "manifest.json").read_text())
+
+
+def test_manifest_lists_every_expert_with_size_and_checksum(fp32_artifact, tiny_model):
+    m = manifest(fp32_artifact)
+    cfg = load_model(tiny_model)[0].cfg
+    assert m["format_version"] == 1 and set(m["backends"]) == {"executorch", "onnx"}
+    for section in m["backends"].values():
+        keys = [(e["layer"], e["expert"]) for e in section["experts"]]
+        assert sorted(keys) == [(layer, e) for layer in range(cfg.n_layers) for e in range(cfg.num_experts)]
+        assert len({e["path"] for e in section["experts"]}) == len(keys)  # one file per expert
+        for entry in section["experts"] + section["backbone"]["files"]:
+            path = fp32_artifact / entry["path"]
+            assert path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+
+
+def test_fp32_export_verified_against_eager(fp32_artifact):
+    v = manifest(fp32_artifact)["verification"]
+    for backend in ("executorch", "onnx"):
+        assert v[backend]["passed"], v[backend]
+        assert v[backend]["greedy"]["greedy_identical"]
+        assert v[backend]["greedy"]["max_logit_diff"] <= 1e-3
+        assert v[backend]["heldout"]["top1_agreement"] == 1.0
+
+
+def test_int4_export_within_goal_and_fully_delegated(int4_artifact):
+    m = manifest(int4_artifact)
+    for backend in ("executorch", "onnx"):
+        assert m["verification"][backend]["heldout"]["ppl_change"] <= 0.05
+    d = m["backends"]["executorch"]["delegation"]
+    assert d["portable_ops"] == {} and max(d["backbone_delegate_calls"].values()) == 1
+    assert m["backends"]["onnx"]["matmulnbits"]["experts_ok"]
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnx"])
+@pytest.mark.parametrize("scheme,tol", [("fp32", 1e-5), ("int4", 0.25)])
+def test_one_expert_file_runs_alone_and_matches_eager(request, tiny_model, backend, scheme, tol):
+    artifact = request.getfixturevalue(f"{scheme}_artifact")
+    entry = next(e for e in manifest(artifact)["backends"][backend]["experts"] if e["layer"] == 1 and e["expert"] == 2)
+    program = open_program(backend, artifact / entry["path"], ["forward"])
+    expert = load_model(tiny_model)[0].layers[1].ffn.experts[2]
+    for n in (1, 5, 32):
+        x = torch.randn(n, expert.w1.in_features)
+        want = expert(x).detach().numpy()
+        err = np.abs(program.run("forward", [x.numpy()])[0] - want).max()
+        assert err <= (tol if scheme == "fp32" else tol * np.abs(want).max()), (n, err)
+
+
+def test_int4_files_are_four_bit(int4_artifact, tiny_model):
+    expert = load_model(tiny_model)[0].layers[0].ffn.experts[0]
+    params = sum(p.numel() for p in expert.parameters())
+    m = manifest(int4_artifact)
+    for backend in ("executorch", "onnx"):
+        size = m["backends"][backend]["experts"][0]["bytes"]
+        # 4 bits a weight plus one scale per group of 32 (fp32 or bf16) plus the program's framing
+        assert params / 2 < size < params / 2 + params / 32 * 4 + 12_000, (backend, size, params)
+
+
+def _run(*args, **kw):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def test_export_errors_are_one_clear_line(tmp_path, tiny_model):
+    not_ckpt = tmp_path / "x.pt"
+    not_ckpt.write_text("hello")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("user data")
+    cases = [
+        ((tmp_path / "missing.pt",), "model not found"),
+        ((not_ckpt,), "not a readable cosmoe checkpoint"),
+        ((tiny_model, "--quant", "int3"), "unknown --quant"),
+        ((tiny_model, "--backend", "tflite"), "unknown --backend"),
+        ((tiny_model, "--group-size", "48"), "does not divide"),
+        ((tiny_model, "--out", full), "pass --force"),
+        ((tiny_model, "--out", a_file / "sub", "--backend", "onnx", "--no-verify"), "cannot write"),
+    ]
+    for args, message in cases:
+        r = _run(*args)
+        assert r.returncode == 2, (args, r.stderr[-500:])
+        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-500:])
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (full / "keep.txt").read_text() == "user data"
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, tiny_model):
+    out = tmp_path / "art"
+    p = subprocess.Popen([*CLI, str(tiny_model), "--out", str(out), "--jobs", "1"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(15)  # well into exporting programs
+    assert p.poll() is None, "export finished before it could be interrupted"
+    os.killpg(p.pid, signal.SIGINT)
+    p.wait(timeout=60)
+    assert p.returncode != 0
+    assert not out.exists()
+    assert not list(tmp_path.glob(".art.*")), list(tmp_path.iterdir())

@@ -1,0 +1,185 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cosmoe.checkpoint import load_model
+from cosmoe.generate import generate as eager_generate
+from edge_runtime.engine import Engine
+from edge_runtime.generate import Sampler, generate
+from edge_runtime.manifest import ArtifactError
+from edge_runtime.run import run
+
+PROMPT = "The list type is"
+BACKENDS = ["executorch", "onnx"]
+
+
+def greedy_tokens(artifact, backend, n=64, **kw):
+    engine = Engine(artifact, backend, **kw)
+    ids = engine_tokenizer_ids(artifact)
+    out, _, _ = generate(engine, ids, n, Sampler())
+    return out, engine
+
+
+def engine_tokenizer_ids(artifact, prompt=PROMPT):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(artifact / "tokenizer.json")).encode(prompt).ids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp32_greedy_equals_eager_for_64_tokens(fp32_artifact, tiny_model, backend):
+    model, tok, _ = load_model(tiny_model)
+    want = eager_generate(model, tok.encode(PROMPT).ids, 64)
+    got, _ = greedy_tokens(fp32_artifact, backend)
+    assert len(want) == 64 and got == want
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+def test_any_budget_gives_the_same_tokens(int4_artifact, backend, policy):
+    full, _ = greedy_tokens(int4_artifact, backend, n=48)
+    engine = Engine(int4_artifact, backend)
+    for budget in (engine.min_budget, engine.expert_bytes_total // 2):
+        events = []
+
+        def check(kind, key, resident, budget=budget):
+            events.append(kind)
+            assert resident <= budget  # at every load, eviction and hit
+
+        got, e = greedy_tokens(int4_artifact, backend, n=48, budget_bytes=budget, policy=policy, on_cache_event=check)
+        assert got == full
+        assert e.cache.peak_bytes <= budget and e.cache.misses > 0
+        if budget == engine.min_budget:
+            assert e.cache.evictions > 0 and "evict" in events
+
+
+def test_budget_below_one_layers_experts_is_refused(int4_artifact):
+    engine = Engine(int4_artifact, "onnx")
+    with pytest.raises(ArtifactError, match=f"minimum of {engine.min_budget:,} bytes"):
+        Engine(int4_artifact, "onnx", budget_bytes=engine.min_budget - 1)
+
+
+def test_report_has_the_contract_keys_and_consistent_counts(int4_artifact):
+    r = run(int4_artifact, PROMPT, 24, "onnx", "50%", "lru")
+    keys = ("backend quant prompt_tokens generated_tokens text ttft_ms prefill_tokens_per_s decode_tokens_per_s "
+            "token_latency_ms load_ms peak_rss_bytes rss_after_load_bytes storage_read_bytes memory_budget_bytes "
+            "expert_bytes_total resident_expert_bytes_peak expert_hits expert_misses expert_evictions "
+            "expert_hit_rate expert_switch_rate prefetch").split()
+    assert all(k in r for k in keys)
+    assert set(r["token_latency_ms"]) == {"p50", "p95", "max"} and set(r["prefetch"]) == {"issued", "useful"}
+    assert r["generated_tokens"] == 24 and r["resident_expert_bytes_peak"] <= r["memory_budget_bytes"]
+    assert r["memory_budget_bytes"] == r["expert_bytes_total"] // 2
+    # every token visits each layer's top-k experts once: hits + misses = tokens x layers x k at most
+    assert 0 < r["expert_hits"] + r["expert_misses"] <= (r["prompt_tokens"] + 24) * 2 * 2
+    assert 0 <= r["expert_switch_rate"] <= 1 and r["peak_rss_bytes"] >= r["rss_after_load_bytes"]
+
+
+def test_prefetch_keeps_tokens_and_budget(int4_artifact):
+    base = run(int4_artifact, PROMPT, 32, "onnx", "50%", "lru")
+    pre = run(int4_artifact, PROMPT, 32, "onnx", "50%", "lru", prefetch=True)
+    assert pre["text"] == base["text"]
+    assert pre["prefetch"]["issued"] > 0 and 0 <= pre["prefetch"]["useful"] <= pre["prefetch"]["issued"]
+    assert pre["resident_expert_bytes_peak"] <= pre["memory_budget_bytes"]
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(int4_artifact):
+    a = run(int4_artifact, PROMPT, 16, "onnx", temperature=0.9, top_p=0.9, seed=3)["text"]
+    b = run(int4_artifact, PROMPT, 16, "onnx", temperature=0.9, top_p=0.9, seed=3)["text"]
+    assert a == b
+    greedy = run(int4_artifact, PROMPT, 16, "onnx")["text"]
+    assert run(int4_artifact, PROMPT, 16, "onnx", temperature=1.5, top_k=1, seed=7)["text"] == greedy
+    s = Sampler(temperature=1.0, top_p=0.5, seed=0)
+    logits = np.array([5.0, 4.9, 0.0, -1.0])
+    assert {s(logits) for _ in range(50)} <= {0, 1}
+
+
+def edge_run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env)
+
+
+def test_onnx_path_runs_without_torch(int4_artifact, tmp_path):
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is not allowed on the onnx path')\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, env=env)
+    assert probe.returncode != 0  # the blocker works
+    r = edge_run(int4_artifact, "--prompt", PROMPT, "--backend", "onnx", "--max-new-tokens", "8",
+                 "--report", tmp_path / "r.json", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "r.json").read_text())["generated_tokens"] == 8
+
+
+def corrupt_copy(src, tmp_path, edit):
+    dst = tmp_path / "art"
+    shutil.copytree(src, dst)
+    edit(dst, json.loads((dst / "manifest.json").read_text()))
+    return dst
+
+
+def _set_version(d, m):
+    m["format_version"] = 99
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _drop_backend(d, m):
+    del m["backends"]["executorch"]
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _truncate_expert(d, m):
+    p = d / m["backends"]["executorch"]["experts"][0]["path"]
+    p.write_bytes(p.read_bytes()[:100])
+
+
+def _flip_expert_byte(d, m):
+    p = d / m["backends"]["executorch"]["experts"][0]["path"]
+    b = bytearray(p.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    p.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set_version, "format_version 99"),
+    (_drop_backend, "no executorch programs"),
+    (_truncate_expert, "truncated or replaced"),
+    (_flip_expert_byte, "does not match its sha256"),
+])
+def test_bad_artifacts_give_one_clear_line(int4_artifact, tmp_path, edit, message):
+    art = corrupt_copy(int4_artifact, tmp_path, edit)
+    r = edge_run(art, "--prompt", PROMPT, "--backend", "executorch", "--max-new-tokens", "64")
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_program_without_checksums_is_detected_not_run(int4_artifact, tmp_path):
+    art = corrupt_copy(int4_artifact, tmp_path, _flip_expert_byte)
+    for backend in ("executorch", "onnx"):
+        m = json.loads((art / "manifest.json").read_text())
+        p = art / m["backends"][backend]["experts"][0]["path"]
+        p.write_bytes(b"\0" * p.stat().st_size)  # same size, garbage content
+        r = edge_run(art, "--prompt", PROMPT, "--backend", backend, "--no-verify", "--memory-budget", "all")
+        assert r.returncode == 2 and "corrupt or truncated" in r.stderr, r.stderr[-1500:]
+
+
+def test_user_errors_are_one_clear_line(int4_artifact, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ((tmp_path / "nope", "--prompt", "x"), "artifact folder not found"),
+        ((tmp_path / "empty", "--prompt", "x"), "no manifest.json"),
+        ((int4_artifact, "--prompt", ""), "--prompt is empty"),
+        ((int4_artifact, "--prompt", "x", "--backend", "tflite"), "unknown --backend"),
+        ((int4_artifact, "--prompt", "x", "--memory-budget", "lots"), "cannot read memory budget"),
+        ((int4_artifact, "--prompt", "x", "--memory-budget", "1KB"), "below the minimum"),
+    ]
+    for args, message in cases:
+        r = edge_run(*args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr[-800:])
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
