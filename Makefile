@@ -9,7 +9,9 @@ STAMP := $(VENV)/.setup-done
 CORPUS := /usr/share/doc/python3.11/html/_sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MODEL := models/cosmoe-default.pt
+ARTIFACT := artifact
 PROMPT ?= The list type is
+BUDGET ?= 50%
 
 .PHONY: setup corpus demo test lint clean
 
@@ -29,14 +31,21 @@ corpus:
 	  $(SUDO) apt-get install -y -q python3.11-doc >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3.11-doc; }; }
 
-demo: setup
-	$(BIN)/python -m cosmoe.generate $(MODEL) --prompt "$(PROMPT)" --max-new-tokens 96
+# the main job: export the shipped model (int4, both backends, verified), then run it with half
+# of the experts' bytes allowed in memory, on each backend
+demo: setup $(ARTIFACT)/manifest.json
+	$(BIN)/edge-run $(ARTIFACT) --backend executorch --memory-budget $(BUDGET) --prompt "$(PROMPT)"
+	$(BIN)/edge-run $(ARTIFACT) --backend onnx --memory-budget $(BUDGET) --prompt "$(PROMPT)"
+
+$(ARTIFACT)/manifest.json: $(MODEL) | setup
+	$(BIN)/edge-export $(MODEL) --quant int4 --out $(ARTIFACT) --force
 
 test: setup
 	$(BIN)/python -m pytest
+	bash scripts/test_android_core.sh
 
 lint: setup
-	$(BIN)/ruff check cosmoe tests scripts
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) artifact runs bench-results

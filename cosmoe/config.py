@@ -81,7 +81,7 @@ class ModelConfig:
 
 PRESETS = {
     # the shipped default: ~11M parameters, 8 experts per layer, BlES on
-    "default": ModelConfig(bles_weight=0.5),
+    "default": ModelConfig(bles_weight=1.0),
     "tiny": ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
                         num_experts=4, top_k=2, expert_hidden=96, wd_rank=32),
     # the CoSMoE paper's wearable-scale shape (19 layers, hidden 432, 8 experts top-2, ~380M total

@@ -14,10 +14,18 @@ import numpy as np
 from edge_runtime.manifest import ArtifactError
 
 
+_quiet_done = False
+
+
 @contextlib.contextmanager
-def silenced_stderr():
+def silenced_stderr(force: bool = False):
     """ExecuTorch's C++ side (cpuinfo, XNNPACK init) and torchao's import write diagnostics to fd 2
-    that mean nothing to a user; failures still reach us as exceptions."""
+    that mean nothing to a user; failures still reach us as exceptions. They come once per process,
+    with the first import and program load, so later calls pass straight through."""
+    global _quiet_done
+    if _quiet_done and not force:
+        yield
+        return
     logging.disable(logging.WARNING)
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -49,7 +57,7 @@ class OnnxProgram:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad protobufs
             raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ONNX program "
-                                f"({str(e).splitlines()[0][:160]})") from None
+                                f"({str(e).splitlines()[0][:160]})", "corrupt_program") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def run(self, method: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -69,9 +77,11 @@ class ExecuTorchProgram:
 
                 self.program = Runtime.get().load_program(path, verification=Verification.Minimal)
                 self.methods = {m: self.program.load_method(m) for m in methods}
+            global _quiet_done
+            _quiet_done = True  # XNNPACK and cpuinfo are initialised: later loads print nothing
         except Exception as e:
             raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ExecuTorch program "
-                                f"({str(e).splitlines()[0][:160]})") from None
+                                f"({str(e).splitlines()[0][:160]})", "corrupt_program") from None
 
     def run(self, method: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import torch

@@ -24,7 +24,8 @@ def parse_budget(text: str, expert_bytes_total: int) -> int | None:
         return int(float(m.group(1)) / 100 * expert_bytes_total)
     if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?", t):
         return int(float(m.group(1)) * UNITS[m.group(2) or "b"])
-    raise ArtifactError(f"cannot read memory budget {text!r}: use all, a size like 64MB or 1.5GiB, or a percentage like 25%")
+    raise ArtifactError(f"cannot read memory budget {text!r}: use all, a size like 64MB or 1.5GiB, or a percentage "
+                        "like 25%", "bad_budget")
 
 
 def fail(msg: str, code: int = 2):
@@ -43,7 +44,8 @@ def main(
     backend: Annotated[str, typer.Option(help="executorch or onnx.")] = "executorch",
     memory_budget: Annotated[str, typer.Option(help="Bytes of resident experts: all, 64MB, 1.5GiB, or 25% of all "
                                                     "experts' bytes.")] = "all",
-    cache_policy: Annotated[str, typer.Option(help="Which resident expert to evict: lru or lfu.")] = "lru",
+    cache_policy: Annotated[str, typer.Option(help="Which resident expert to evict: lru, lfu, or none (keep "
+                                                   "nothing: every use loads, the naive floor).")] = "lru",
     prefetch: Annotated[bool, typer.Option(help="Guess the next layer's experts and load them in the background.")] = False,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 0,
@@ -60,8 +62,8 @@ def main(
 
     if backend not in BACKENDS:
         fail(f"unknown --backend {backend!r}; choose {' or '.join(BACKENDS)}")
-    if cache_policy not in ("lru", "lfu"):
-        fail(f"unknown --cache-policy {cache_policy!r}; choose lru or lfu")
+    if cache_policy not in ("lru", "lfu", "none"):
+        fail(f"unknown --cache-policy {cache_policy!r}; choose lru, lfu or none")
     if not prompt:
         fail("--prompt is empty")
     if max_new_tokens < 1:

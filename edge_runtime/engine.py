@@ -35,22 +35,24 @@ def route(logits: np.ndarray, top_k: int):
 
 @dataclass
 class RoutingLog:
-    """Per layer, the expert sets of consecutive tokens, for the switch rate."""
+    """Per layer, the expert sets of consecutive tokens, for the switch rate; with `trace`, every
+    step's router logits and choices (the conformance vectors the Android core replays)."""
     last: dict = field(default_factory=dict)
     pairs: int = 0
     switched: int = 0
-    trace: list = field(default_factory=list)  # (position, layer, experts) when tracing
+    trace: list = field(default_factory=list)
 
-    def add(self, layer: int, sets: np.ndarray, pos0: int, keep_trace: bool):
-        for i, s in enumerate(sets):
-            s = set(int(e) for e in s)
+    def add(self, layer: int, pos0: int, logits: np.ndarray, experts: np.ndarray, keep_trace: bool):
+        for row in experts:
+            s = {int(e) for e in row}
             prev = self.last.get(layer)
             if prev is not None:
                 self.pairs += len(s)
                 self.switched += len(s - prev)
             self.last[layer] = s
-            if keep_trace:
-                self.trace.append((pos0 + i, layer, sorted(s)))
+        if keep_trace:
+            self.trace.append({"pos0": pos0, "layer": layer, "router_logits": logits.tolist(),
+                               "experts": experts.tolist()})
 
     @property
     def switch_rate(self) -> float:
@@ -75,10 +77,14 @@ class Engine:
         if backend == "executorch":
             from edge_runtime.backends import silenced_stderr
 
-            with silenced_stderr():
-                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            with silenced_stderr(force=True):  # creating or resetting the pool logs to stderr
+                from executorch.extension.pybindings.portable_lib import (
+                    _threadpool_get_thread_count,
+                    _unsafe_reset_threadpool,
+                )
 
-                _unsafe_reset_threadpool(threads)  # XNNPACK's pool; decode-sized matmuls run best on one core
+                if _threadpool_get_thread_count() != threads:
+                    _unsafe_reset_threadpool(threads)  # decode-sized matmuls run best on one core
 
         t = time.perf_counter_ns()
         self.embedding = self._load_embedding(verify)
@@ -101,7 +107,7 @@ class Engine:
         budget = self.expert_bytes_total if budget_bytes is None else budget_bytes
         if budget < self.min_budget:
             raise ArtifactError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
-                                f"(the {self.top_k} largest experts a layer may need at once)")
+                                f"(the {self.top_k} largest experts a layer may need at once)", "budget_too_small")
         self.cache = ExpertCache(self.store, budget, policy, on_cache_event)
         self.prefetcher = ThreadPoolExecutor(1) if prefetch else None
         self.prefetch_issued = 0
@@ -151,7 +157,7 @@ class Engine:
             h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, self.kv.k[layer], self.kv.v[layer], mask])
             self.kv.write(layer, p0, k, v)
             experts, weights = route(logits, self.top_k)
-            self.routing.add(layer, experts, p0, self.trace)
+            self.routing.add(layer, p0, logits, experts, self.trace)
             self._prefetch_next(layer, x)
             h = h + self._experts(layer, x, experts, weights)
         self.pos += T
@@ -159,13 +165,17 @@ class Engine:
 
     def _experts(self, layer, x, experts, weights) -> np.ndarray:
         """sum over each token's k experts of weight * expert(x); every expert runs once on all of
-        its tokens (in slices of the program's maximum), resident experts first."""
+        its tokens (in slices of the program's maximum), resident experts first, then by id."""
         out = np.zeros_like(x)
-        needed = np.unique(experts)
-        order = sorted(needed, key=lambda e: ((layer, int(e)) not in self.cache.resident, int(e)))
+        resident = self.cache.resident
+        order = sorted({int(e) for e in experts.ravel()}, key=lambda e: ((layer, e) not in resident, e))
         for e in order:
-            key = (layer, int(e))
+            key = (layer, e)
             program = self.cache.get(key, pinned=frozenset({key}))
+            if len(x) == 1:  # decode: one token, no gathering
+                slot = int(np.flatnonzero(experts[0] == e)[0])
+                out += np.float32(weights[0, slot]) * program.run("forward", [x])[0]
+                continue
             rows, slots = np.nonzero(experts == e)
             for i in range(0, len(rows), self.expert_chunk):
                 r, s = rows[i:i + self.expert_chunk], slots[i:i + self.expert_chunk]
@@ -194,6 +204,12 @@ class Engine:
         self.prefetcher.submit(load)
 
     def close(self):
+        """Wait for prefetches, then release every program (a long-lived process may run many)."""
         if self.prefetcher is not None:
             self.prefetcher.shutdown()
+        with self.cache.lock:
+            for key in list(self.cache.resident):
+                self.cache.resident.pop(key).release()
+        for program, _ in self.parts.values():
+            program.release()
 

@@ -43,6 +43,8 @@ class ExpertStore:
 class LRU:
     """Evict the expert used longest ago."""
 
+    keeps = True  # False: a policy that holds nothing between uses
+
     def __init__(self):
         self.order: OrderedDict = OrderedDict()
 
@@ -73,7 +75,13 @@ class LFU(LRU):
         return min(candidates, key=lambda k: (self.uses.get(k, 0), rank.get(k, -1)))
 
 
-POLICIES = {"lru": LRU, "lfu": LFU}
+class NoCache(LRU):
+    """Keep nothing: every expert use loads it from storage (the naive offloading floor)."""
+
+    keeps = False
+
+
+POLICIES = {"lru": LRU, "lfu": LFU, "none": NoCache}
 
 
 class ExpertCache:
@@ -103,6 +111,9 @@ class ExpertCache:
         if pending is not None:
             pending.wait()
         with self.lock:
+            if not self.policy.keeps:
+                for k in list(self.resident):
+                    self._evict(k)
             program = self.resident.get(key)
             if program is not None:
                 self.hits += 1

@@ -14,7 +14,12 @@ BACKENDS = ("executorch", "onnx")
 
 
 class ArtifactError(Exception):
-    """A problem with the artifact a user pointed us at: one line, no traceback."""
+    """A problem with the artifact or request a user gave us: one line, no traceback. `kind` names
+    the class of error, the same across the Python and Android runtimes (conformance tests)."""
+
+    def __init__(self, message: str, kind: str = "artifact"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def sha256_file(path: Path) -> str:
@@ -33,32 +38,33 @@ def file_entry(root: Path, path: Path, **extra) -> dict:
 def load_manifest(artifact: Path) -> dict:
     artifact = Path(artifact)
     if not artifact.exists():
-        raise ArtifactError(f"artifact folder not found: {artifact}")
+        raise ArtifactError(f"artifact folder not found: {artifact}", "not_found")
     if not artifact.is_dir():
-        raise ArtifactError(f"{artifact} is not a folder (expected an artifact written by edge-export)")
+        raise ArtifactError(f"{artifact} is not a folder (expected an artifact written by edge-export)", "not_a_folder")
     path = artifact / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{artifact} has no {MANIFEST}: not an artifact written by edge-export")
+        raise ArtifactError(f"{artifact} has no {MANIFEST}: not an artifact written by edge-export", "no_manifest")
     try:
         m = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e})") from None
+        raise ArtifactError(f"{path} is not valid JSON ({e})", "bad_json") from None
     version = m.get("format_version") if isinstance(m, dict) else None
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # True == 1 in Python: not a version
         raise ArtifactError(f"{path} has format_version {version!r}; this runtime reads version {FORMAT_VERSION} "
-                            "(re-export the model with this version of edge-export)")
-    for key in ("model", "tokenizer", "embedding", "quant", "backends"):
+                            "(re-export the model with this version of edge-export)", "bad_format_version")
+    for key in ("model", "tokenizer", "embedding", "quant", "backends", "layer_max_tokens", "expert_max_tokens"):
         if key not in m:
-            raise ArtifactError(f"{path} lacks '{key}'")
+            raise ArtifactError(f"{path} lacks '{key}'", "missing_key")
     return m
 
 
 def backend_section(manifest: dict, backend: str) -> dict:
     have = sorted(manifest["backends"])
     if backend not in BACKENDS:
-        raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", "unknown_backend")
     if backend not in manifest["backends"]:
-        raise ArtifactError(f"this artifact has no {backend} programs (it has: {', '.join(have) or 'none'})")
+        raise ArtifactError(f"this artifact has no {backend} programs (it has: {', '.join(have) or 'none'})",
+                            "missing_backend")
     return manifest["backends"][backend]
 
 
@@ -66,11 +72,11 @@ def check_file(artifact: Path, entry: dict, verify_sha: bool) -> Path:
     """The entry's file, after checking its size (always) and sha256 (when asked)."""
     path = Path(artifact) / entry["path"]
     if not path.is_file():
-        raise ArtifactError(f"missing file {entry['path']} in {artifact}")
+        raise ArtifactError(f"missing file {entry['path']} in {artifact}", "missing_file")
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise ArtifactError(f"{entry['path']} is {size} bytes, the manifest says {entry['bytes']}: "
-                            "truncated or replaced file")
+                            "truncated or replaced file", "size_mismatch")
     if verify_sha and sha256_file(path) != entry["sha256"]:
-        raise ArtifactError(f"{entry['path']} does not match its sha256 in the manifest: corrupt file")
+        raise ArtifactError(f"{entry['path']} does not match its sha256 in the manifest: corrupt file", "sha_mismatch")
     return path

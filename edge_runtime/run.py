@@ -1,6 +1,7 @@
 """One edge-run: load, generate, measure. The report's keys are a contract shared with edge-bench
 and the Android demo."""
 
+import os
 import time
 from pathlib import Path
 
@@ -97,5 +98,5 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
         "expert_hit_rate": c.hits / (c.hits + c.misses) if c.hits + c.misses else 0.0,
         "expert_switch_rate": engine.routing.switch_rate,
         "prefetch": {"issued": engine.prefetch_issued, "useful": c.prefetch_useful},
-        "expert_load_ms": engine.store.load_ns / 1e6, "expert_loads": engine.store.loads,
+        "expert_load_ms": engine.store.load_ns / 1e6, "expert_loads": engine.store.loads, "pid": os.getpid(),
     }

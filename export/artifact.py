@@ -3,8 +3,11 @@ processes), the manifest, then verification through the edge runtime. Everything
 temporary folder beside `out`, renamed into place only when complete."""
 
 import json
+import math
 import multiprocessing
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -80,6 +83,10 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
                     "calling_convention": CALLING_CONVENTION}
         manifest |= write_shared(model, tokenizer, ckpt, scheme, tmp)
         manifest["backends"] = build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp, progress)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if progress:
+            progress(0, "measuring expert memory", None)
+        charge_measured_footprint(tmp, manifest)
         manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if verify:
@@ -94,6 +101,19 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def charge_measured_footprint(tmp: Path, manifest: dict):
+    """Each expert's resident_bytes becomes what it measurably costs in RSS once loaded (file bytes
+    times the backend's measured factor, at least file plus planned memory), so that a memory budget
+    bounds the process's RSS and not only file sizes. Measured in a fresh process per backend."""
+    for b, section in manifest["backends"].items():
+        r = subprocess.run([sys.executable, "-m", "edge_runtime.footprint", str(tmp), b], capture_output=True,
+                           text=True, check=True)
+        fp = json.loads(r.stdout.strip().splitlines()[-1])
+        section["footprint"] = fp
+        for e in section["experts"]:
+            e["resident_bytes"] = max(e["resident_bytes"], math.ceil(e["bytes"] * fp["rss_per_file_byte"]))
 
 
 def replace_dir(tmp: Path, out: Path):

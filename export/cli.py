@@ -118,7 +118,7 @@ def print_summary(m: dict, out: Path):
             line += (f"; greedy {g['new_tokens']} tokens x {g['prompts']} prompts "
                      f"{'identical' if g['greedy_identical'] else 'DIFFER'}, max |logit diff| {g['max_logit_diff']:.1e}")
         lines.append(line)
-    Console().print(t)
+    Console(width=max(100, Console().width)).print(t)
     print("\n".join(lines))
     for b, s in m["backends"].items():
         if "delegation" in s:

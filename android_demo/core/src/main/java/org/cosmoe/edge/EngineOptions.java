@@ -1,0 +1,15 @@
+package org.cosmoe.edge;
+
+/** How to open an artifact (the options of edge-run that shape the engine). */
+public final class EngineOptions {
+    public String backend = "executorch";
+    /** Bytes of resident experts; null: every expert fits (edge-run's "all"). */
+    public Long budgetBytes = null;
+    public String cachePolicy = "lru";
+    /** Check each file's sha256 on its first load (sizes are always checked). */
+    public boolean verify = true;
+    public boolean prefetch = false;
+    /** Keep every step's routing choices (conformance tests). */
+    public boolean trace = false;
+    public ExpertCache.Listener onCacheEvent = null;
+}

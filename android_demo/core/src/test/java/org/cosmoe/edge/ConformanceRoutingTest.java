@@ -1,0 +1,44 @@
+package org.cosmoe.edge;
+
+import static org.junit.Assert.assertArrayEquals;
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertTrue;
+
+import com.google.gson.JsonElement;
+import com.google.gson.JsonObject;
+
+import org.junit.Test;
+
+/** generation.json: route() on recorded router logits picks the same experts, in order, with the same weights. */
+public class ConformanceRoutingTest {
+    private final JsonObject g = Conformance.json("generation.json");
+    private final int numExperts = g.get("num_experts").getAsInt();
+    private final int topK = g.get("top_k").getAsInt();
+
+    @Test
+    public void routeCasesMatchPython() {
+        int n = 0;
+        for (JsonElement e : g.getAsJsonArray("route_cases")) {
+            JsonObject c = e.getAsJsonObject();
+            Router.Routing r = Router.route(Conformance.floats(c.get("logits")), numExperts, topK);
+            assertArrayEquals("experts, case " + n, Conformance.ints(c.get("experts")), r.experts[0]);
+            assertArrayEquals("weights, case " + n, Conformance.floats(c.get("weights")), r.weights[0], 1e-6f);
+            n++;
+        }
+        assertTrue("no route cases", n > 0);
+    }
+
+    @Test
+    public void everyTracedStepChoosesTheSameExperts() {
+        for (JsonElement e : g.getAsJsonArray("steps")) {
+            JsonObject s = e.getAsJsonObject();
+            int[][] want = Conformance.intRows(s.get("experts"));
+            Router.Routing r = Router.route(Conformance.matrix(s.get("router_logits")), numExperts, topK);
+            assertEquals(want.length, r.experts.length);
+            for (int t = 0; t < want.length; t++) {
+                assertArrayEquals("pos " + (s.get("pos0").getAsInt() + t) + " layer " + s.get("layer"), want[t],
+                        r.experts[t]);
+            }
+        }
+    }
+}

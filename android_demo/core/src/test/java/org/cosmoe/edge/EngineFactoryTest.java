@@ -1,0 +1,147 @@
+package org.cosmoe.edge;
+
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
+
+import org.junit.Rule;
+import org.junit.Test;
+import org.junit.rules.TemporaryFolder;
+
+import java.io.File;
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/** Opening an artifact, and the decode loop's chunking, slicing, prefetch and checks on a synthetic one. */
+public class EngineFactoryTest {
+    @Rule
+    public TemporaryFolder tmp = new TemporaryFolder();
+
+    private final TestArtifact a = new TestArtifact();
+
+    private Engine open(File root, EngineOptions o, RecordedPrograms programs) {
+        return EngineFactory.open(root, o, programs);
+    }
+
+    private static int[] ids(int n) {
+        int[] out = new int[n];
+        for (int i = 0; i < n; i++) {
+            out[i] = (i * 3 + 1) % 16;
+        }
+        return out;
+    }
+
+    private void expectKind(String kind, File root, EngineOptions o, String message) {
+        try {
+            open(root, o, new RecordedPrograms(new SyntheticScript(a), a)).close();
+            fail("opened; expected " + kind);
+        } catch (ArtifactException e) {
+            assertEquals(kind, e.kind());
+            if (message != null) {
+                assertEquals(message, e.getMessage());
+            }
+        }
+    }
+
+    @Test
+    public void budgetBelowTheLargestTopKIsRefused() throws IOException {
+        File root = a.write(tmp.newFolder());
+        EngineOptions o = new EngineOptions();
+        o.budgetBytes = 1999L;
+        expectKind("budget_too_small", root, o, "memory budget 1,999 bytes is below the minimum of 2,000 bytes "
+                + "(the 2 largest experts a layer may need at once)");
+        o.budgetBytes = 2000L;
+        open(root, o, new RecordedPrograms(new SyntheticScript(a), a)).close();
+        assertEquals(Arrays.asList(2000L, 8000L), box(EngineFactory.budgetRange(Manifest.load(root), "executorch")));
+    }
+
+    private static List<Long> box(long[] v) {
+        List<Long> out = new ArrayList<>();
+        for (long x : v) {
+            out.add(x);
+        }
+        return out;
+    }
+
+    @Test
+    public void backendsAreCheckedAsPythonDoes() throws IOException {
+        File root = a.write(tmp.newFolder());
+        EngineOptions o = new EngineOptions();
+        o.backend = "onnx";
+        expectKind("missing_backend", root, o, "this artifact has no onnx programs (it has: executorch)");
+        o.backend = "tflite";
+        expectKind("unknown_backend", root, o, "unknown backend 'tflite'; choose one of executorch, onnx");
+    }
+
+    @Test
+    public void aCorruptExpertFailsOnItsFirstLoadOnlyWhenVerifying() throws IOException {
+        File root = a.write(tmp.newFolder());
+        try (RandomAccessFile f = new RandomAccessFile(new File(root, "executorch/experts/l00_e00.pte"), "rw")) {
+            f.write('X');
+        }
+        for (boolean verify : new boolean[] {true, false}) {
+            EngineOptions o = new EngineOptions();
+            o.verify = verify;
+            try (Engine engine = open(root, o, new RecordedPrograms(new SyntheticScript(a), a))) {
+                Generator.generate(engine, ids(12), 4, Sampler.greedy(), null, null, null);
+                assertTrue("corrupt expert used without verification", !verify);
+            } catch (ArtifactException e) {
+                assertTrue(verify);
+                assertEquals("sha_mismatch", e.kind());
+            }
+        }
+    }
+
+    @Test
+    public void promptsRunInChunksAndExpertsInSlices() throws IOException {
+        a.layerMaxTokens = 4;
+        a.expertMaxTokens = 2;
+        File root = a.write(tmp.newFolder());
+        RecordedPrograms programs = new RecordedPrograms(new SyntheticScript(a), a);
+        try (Engine engine = open(root, new EngineOptions(), programs)) {
+            Generator.Result r = Generator.generate(engine, ids(10), 3, Sampler.greedy(), null, null, null);
+            assertEquals(Arrays.asList(3, 8, 13), r.ids);
+        }
+        List<String> layer0 = new ArrayList<>();
+        int heads = 0;
+        int expertRows = 0;
+        for (String c : programs.calls) {
+            if (c.startsWith("layer_0")) {
+                layer0.add(c);
+            }
+            heads += c.equals("head") ? 1 : 0;
+            expertRows += c.startsWith("expert ") ? Integer.parseInt(c.substring(c.lastIndexOf(' ') + 1)) : 0;
+        }
+        assertEquals(Arrays.asList("layer_0 0 4", "layer_0 4 4", "layer_0 8 2", "layer_0 10 1", "layer_0 11 1"),
+                layer0);
+        assertEquals("head once per forward", 3, heads);
+        assertEquals("every token's k experts ran once", 12 * a.topK * a.nLayers, expertRows);
+        assertEquals("every program released", programs.opened.size(), programs.closed);
+    }
+
+    @Test
+    public void prefetchStaysWithinTheBudget() throws IOException {
+        File root = a.write(tmp.newFolder());
+        for (long budget : new long[] {2000, 3000, 8000}) {
+            final long[] peak = {0};
+            EngineOptions o = new EngineOptions();
+            o.prefetch = true;
+            o.budgetBytes = budget;
+            o.onCacheEvent = new ExpertCache.Listener() {
+                @Override
+                public void onEvent(String kind, ExpertKey key, long residentBytes) {
+                    peak[0] = Math.max(peak[0], residentBytes);
+                }
+            };
+            try (Engine engine = open(root, o, new RecordedPrograms(new SyntheticScript(a), a))) {
+                Generator.generate(engine, ids(6), 10, Sampler.greedy(), null, null, null);
+                assertTrue("prefetch issued nothing at " + budget, engine.prefetchIssued() > 0);
+                assertTrue(engine.cache.peakBytes() <= budget);
+                assertTrue(peak[0] <= budget);
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+"""edge-bench: reproducible benchmarks of artifacts across budgets, backends and cache policies."""

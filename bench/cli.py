@@ -1,0 +1,218 @@
+"""edge-bench: run artifacts across budgets, backends and cache policies, each run in a fresh
+process, and write results.csv, results.json and PNG plots."""
+
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bench.runs import Config, matrix, reduce, run_once
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+DEFAULT_PROMPTS = ["The list type is"]
+
+
+def fail(msg: str):
+    print(f"edge-bench: error: {msg}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
+
+
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def expert_bytes(manifest: dict, backend: str) -> tuple[float, float]:
+    """(mean expert file bytes, backbone bytes) of one backend of an artifact."""
+    s = manifest["backends"][backend]
+    return (statistics.mean(e["bytes"] for e in s["experts"]),
+            sum(f["bytes"] for f in s["backbone"]["files"]))
+
+
+def add_bounds(rows, manifests, hw):
+    """The physical limit per configuration: active bytes per token over memory bandwidth, plus the
+    missed experts' bytes over storage bandwidth (cold) or memory bandwidth (page cache, warm)."""
+    for r in rows:
+        if r["policy"] == "eager" or "decode_tokens_per_s" not in r:
+            continue
+        m = manifests[r["artifact"]]
+        expert, backbone = expert_bytes(m, r["backend"])
+        cfg = m["model"]
+        active = backbone + cfg["n_layers"] * cfg["top_k"] * expert
+        tokens = max(1, r["prompt_tokens"] + r["generated_tokens"])
+        missed = r["expert_misses"] * expert / tokens
+        t = active / (hw["memory_gbps"] * 1e9) + missed / ((hw["storage_gbps"] if r["cold"] else hw["memory_gbps"]) * 1e9)
+        r["bound_tokens_per_s"] = 1 / t
+        r["fraction_of_bound"] = r["decode_tokens_per_s"] / r["bound_tokens_per_s"]
+
+
+def add_estimates(rows, manifests, hw, devices) -> dict:
+    """Estimated decode tokens/s per device for each cached configuration (see bench/device.py)."""
+    from bench.device import estimate_tokens_per_s
+
+    full = {(r["artifact"], r["backend"]): r["decode_tokens_per_s"] for r in rows
+            if r["policy"] == "lru" and r["budget"] == "all" and "decode_tokens_per_s" in r}
+    curves = {}
+    for r in rows:
+        key = (r["artifact"], r["backend"])
+        if r["policy"] == "eager" or key not in full or "decode_tokens_per_s" not in r:
+            continue
+        expert, _ = expert_bytes(manifests[r["artifact"]], r["backend"])
+        misses = r["expert_misses"] / max(1, r["prompt_tokens"] + r["generated_tokens"])
+        for dev in devices:
+            est = estimate_tokens_per_s(dev, hw["int4_gops"], 1 / full[key], misses, expert)
+            r[f"estimate_{dev.name}_tokens_per_s"] = est
+            if r["policy"] != "none" and r.get("memory_budget_bytes"):
+                frac = min(1.0, r["memory_budget_bytes"] / r["expert_bytes_total"])
+                curves.setdefault(f"{dev.name}: {r['label']}", []).append((frac, est))
+    return {k: sorted(v) for k, v in curves.items()}
+
+
+@app.command(help="Benchmark ARTIFACTs (from edge-export) across memory budgets, backends and cache policies. "
+                  "Each configuration runs edge-run in a fresh process --repeats times; medians (with min/max) go "
+                  "to results.csv/results.json and plots in --out. Baselines in the same run: all experts "
+                  "resident, no cache (every use loads), and with --model the eager PyTorch fp32 model.")
+def main(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifact folders.")],
+    budgets: Annotated[str, typer.Option(help="Comma-separated budgets (percent of all experts' bytes, or sizes).")]
+    = "100%,50%,25%,12.5%",
+    backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = "executorch,onnx",
+    policies: Annotated[str, typer.Option(help="Comma-separated cache policies (lru, lfu).")] = "lru,lfu",
+    prefetch: Annotated[str, typer.Option(help="off, on, or both.")] = "off",
+    prompts: Annotated[Path | None, typer.Option(help="File with one prompt per line (default: one built-in).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
+    repeats: Annotated[int, typer.Option(help="Runs per configuration and prompt.")] = 3,
+    cold: Annotated[bool, typer.Option(help="--cold drops the artifact from the page cache before each run.")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for results and plots.")] = Path("bench-results"),
+    model: Annotated[Path | None, typer.Option(help="model.pt for the eager PyTorch fp32 baseline.")] = None,
+    estimate: Annotated[str | None, typer.Option(help="Device profiles to estimate for, comma-separated: "
+                                                       "phone-ufs3, phone-ufs4, laptop-nvme, or YAML files.")] = None,
+):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.device import load_profile, memory_bandwidth_gbps, storage_read_gbps
+    from edge_runtime.manifest import BACKENDS, ArtifactError, load_manifest
+
+    manifests = {}
+    for a in artifacts:
+        try:
+            manifests[str(a)] = load_manifest(a)
+        except ArtifactError as e:
+            fail(str(e))
+    backend_list = split_list(backends)
+    if not backend_list or any(b not in BACKENDS for b in backend_list):
+        fail(f"--backends must name {', '.join(BACKENDS)}")
+    policy_list = split_list(policies)
+    if not policy_list or any(p not in ("lru", "lfu") for p in policy_list):
+        fail("--policies must name lru and/or lfu (no-cache and all-resident baselines are always run)")
+    modes = {"off": [False], "on": [True], "both": [False, True]}.get(prefetch)
+    if modes is None:
+        fail("--prefetch must be off, on or both")
+    if repeats < 1 or max_new_tokens < 1:
+        fail("--repeats and --max-new-tokens must be at least 1")
+    if model is not None and not model.is_file():
+        fail(f"model not found: {model}")
+    prompt_list = DEFAULT_PROMPTS
+    if prompts is not None:
+        if not prompts.is_file():
+            fail(f"prompts file not found: {prompts}")
+        prompt_list = [p for p in prompts.read_text().splitlines() if p.strip()] or fail(f"{prompts} has no prompts")
+    try:
+        devices = [load_profile(d) for d in split_list(estimate)] if estimate else []
+    except ValueError as e:
+        fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+
+    configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold)
+    if model is not None:
+        configs.append(Config(str(model), "eager", "all", "eager", False, False))
+    hw = machine()
+    console = Console(stderr=True)
+    console.print(f"measuring this machine ({hw['cpu']}, {hw['cores']} cores) ...")
+    hw["memory_gbps"] = memory_bandwidth_gbps()
+    hw["storage_gbps"] = storage_read_gbps(directory=str(out))
+    if devices:
+        from bench.device import int4_gops
+
+        hw["int4_gops"] = int4_gops()
+    rows = []
+    total = len(configs) * len(prompt_list) * repeats
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("benchmark", total=total)
+        for c in configs:
+            bar.update(task, description=f"{c.label} @ {c.budget}")
+            reports = []
+            for p in prompt_list:
+                for _ in range(repeats):
+                    reports.append(run_once(c, p, max_new_tokens, str(model) if model else None))
+                    bar.advance(task)
+            rows.append(reduce(c, reports))
+    add_bounds(rows, manifests, hw)
+    curves = add_estimates(rows, manifests, hw, devices) if devices else None
+    write_results(rows, hw, out, devices)
+    from bench.plots import draw
+
+    plots = draw(rows, out, f"{hw['cpu']}, {hw['cores']} cores", hw["date"], curves)
+    print_summary(rows, hw, devices)
+    print(f"wrote {out}/results.csv, results.json and {len(plots)} plots")
+
+
+def write_results(rows, hw, out: Path, devices):
+    (out / "results.json").write_text(json.dumps({"machine": hw, "devices": [d.to_dict() for d in devices],
+                                                  "estimates_are_estimates": bool(devices), "rows": rows}, indent=1))
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys and k != "text"]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def print_summary(rows, hw, devices):
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"edge-bench on {hw['cpu']} ({hw['cores']} cores), memory {hw['memory_gbps']:.1f} GB/s, "
+                    f"storage {hw['storage_gbps']:.2f} GB/s (O_DIRECT)")
+    cols = ["configuration", "budget", "decode tok/s", "of bound", "ttft ms", "hit rate", "peak RSS MB", "read KB/tok"]
+    cols += [f"ESTIMATE {d.name} tok/s" for d in devices]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "configuration" else "right")
+    for r in rows:
+        if "decode_tokens_per_s" not in r:
+            t.add_row(r["label"], r["budget"], "failed", "", f"{r.get('error', '?')[:70]}", *[""] * (len(cols) - 5))
+            continue
+        cells = [r["label"] + (" (cold)" if r["cold"] else ""), r["budget"],
+                 f"{r['decode_tokens_per_s']:.0f} [{r['decode_tokens_per_s_min']:.0f}-{r['decode_tokens_per_s_max']:.0f}]",
+                 f"{r['fraction_of_bound']:.0%}" if "fraction_of_bound" in r else "",
+                 f"{r['ttft_ms']:.1f}", f"{r['expert_hit_rate']:.1%}", f"{r['peak_rss_bytes'] / 1e6:.0f}",
+                 f"{r['storage_read_bytes'] / max(1, r['generated_tokens']) / 1e3:.1f}"]
+        cells += [f"{r[f'estimate_{d.name}_tokens_per_s']:.0f}" if f"estimate_{d.name}_tokens_per_s" in r else ""
+                  for d in devices]
+        t.add_row(*cells)
+    Console(width=max(150, Console().width)).print(t)
+
+
+if __name__ == "__main__":
+    app()

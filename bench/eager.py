@@ -1,0 +1,57 @@
+"""The eager PyTorch fp32 baseline, measured like edge-run and reporting the same keys.
+Usage: python -m bench.eager MODEL.pt --prompt TEXT [--max-new-tokens N] [--report FILE] [--threads 1]"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from cosmoe.checkpoint import load_model
+from cosmoe.generate import generate
+from cosmoe.tokenizer import eos_id
+from edge_runtime.metrics import peak_rss_bytes, rss_bytes, storage_read_bytes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--report")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    read0 = storage_read_bytes()
+    t = time.perf_counter_ns()
+    model, tok, _ = load_model(a.model)
+    load_ms = (time.perf_counter_ns() - t) / 1e6
+    rss_load = rss_bytes()
+    ids = tok.encode(a.prompt).ids
+    stamps = []
+    start = time.perf_counter_ns()
+    out = generate(model, ids, a.max_new_tokens, eos=eos_id(tok), on_token=lambda _: stamps.append(time.perf_counter_ns()))
+    lat = np.diff(np.asarray(stamps, dtype=np.float64)) / 1e6
+    ttft = (stamps[0] - start) / 1e6
+    report = {
+        "backend": "eager", "quant": "fp32", "prompt_tokens": len(ids), "generated_tokens": len(out),
+        "text": tok.decode(out), "ttft_ms": ttft, "prefill_tokens_per_s": len(ids) / (ttft / 1e3),
+        "decode_tokens_per_s": len(lat) / (lat.sum() / 1e3) if len(lat) else 0.0,
+        "token_latency_ms": {"p50": float(np.percentile(lat, 50)) if len(lat) else 0.0,
+                             "p95": float(np.percentile(lat, 95)) if len(lat) else 0.0,
+                             "max": float(lat.max()) if len(lat) else 0.0},
+        "load_ms": load_ms, "peak_rss_bytes": peak_rss_bytes(), "rss_after_load_bytes": rss_load,
+        "storage_read_bytes": storage_read_bytes() - read0, "memory_budget_bytes": 0, "expert_bytes_total": 0,
+        "resident_expert_bytes_peak": 0, "expert_hits": 0, "expert_misses": 0, "expert_evictions": 0,
+        "expert_hit_rate": 1.0, "expert_switch_rate": 0.0, "prefetch": {"issued": 0, "useful": 0},
+    }
+    if a.report:
+        with open(a.report, "w") as f:
+            json.dump(report, f, indent=1)
+    print(f"eager fp32: decode {report['decode_tokens_per_s']:.0f} tok/s, ttft {ttft:.1f} ms, "
+          f"peak RSS {report['peak_rss_bytes'] / 1e6:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

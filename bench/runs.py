@@ -1,0 +1,88 @@
+"""Run benchmark configurations, each in a fresh process (peak RSS is per process), and reduce
+repeats to medians with min and max."""
+
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# report keys reduced to median/min/max over repeats
+NUMERIC = ["ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "load_ms", "peak_rss_bytes",
+           "rss_after_load_bytes", "storage_read_bytes", "resident_expert_bytes_peak", "expert_hits", "expert_misses",
+           "expert_evictions", "expert_hit_rate", "expert_switch_rate", "generated_tokens", "prompt_tokens"]
+
+
+@dataclass(frozen=True)
+class Config:
+    artifact: str
+    backend: str
+    budget: str  # as given to edge-run: all, 50%, 64MB
+    policy: str  # lru, lfu, none (no cache), or "eager" for the PyTorch baseline
+    prefetch: bool
+    cold: bool
+
+    @property
+    def label(self) -> str:
+        if self.policy == "eager":
+            return "eager fp32 (PyTorch)"
+        return (f"{Path(self.artifact).name}/{self.backend}/{self.policy}" + ("+prefetch" if self.prefetch else ""))
+
+
+def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold) -> list[Config]:
+    """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend."""
+    out = []
+    for a, b in itertools.product(artifacts, backends):
+        out.append(Config(a, b, "all", "lru", False, cold))
+        out.append(Config(a, b, "all", "none", False, cold))
+        for budget, policy, pre in itertools.product(budgets, policies, prefetch_modes):
+            c = Config(a, b, budget, policy, pre, cold)
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        report = Path(d) / "r.json"
+        if c.policy == "eager":
+            cmd = [sys.executable, "-m", "bench.eager", model, "--prompt", prompt, "--max-new-tokens",
+                   str(max_new_tokens), "--report", str(report)]
+        else:
+            cmd = [sys.executable, "-m", "edge_runtime.cli", c.artifact, "--prompt", prompt, "--max-new-tokens",
+                   str(max_new_tokens), "--backend", c.backend, "--memory-budget", c.budget, "--cache-policy",
+                   c.policy, "--prefetch" if c.prefetch else "--no-prefetch", "--report", str(report), "--quiet"]
+            if c.cold:
+                cmd.append("--cold")
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            lines = (p.stderr or p.stdout).strip().splitlines()
+            return {"error": lines[-1] if lines else f"exit code {p.returncode}"}
+        return json.loads(report.read_text())
+
+
+def reduce(c: Config, reports: list[dict]) -> dict:
+    row = asdict(c) | {"label": c.label, "runs": len(reports)}
+    errors = [r["error"] for r in reports if "error" in r]
+    ok = [r for r in reports if "error" not in r]
+    if errors:
+        row["error"] = errors[0]
+    if not ok:
+        return row
+    for k in NUMERIC:
+        vals = [r[k] for r in ok if k in r]
+        if vals:
+            row[k] = statistics.median(vals)
+            row[k + "_min"], row[k + "_max"] = min(vals), max(vals)
+    for k in ("p50", "p95", "max"):
+        row[f"token_latency_{k}_ms"] = statistics.median(r["token_latency_ms"][k] for r in ok)
+    for k in ("memory_budget_bytes", "expert_bytes_total", "quant", "backend"):
+        row[k] = ok[0].get(k, row.get(k))
+    row["prefetch_issued"] = statistics.median(r["prefetch"]["issued"] for r in ok)
+    row["prefetch_useful"] = statistics.median(r["prefetch"]["useful"] for r in ok)
+    row["text"] = ok[0].get("text", "")
+    row["pids"] = [r.get("pid") for r in ok]
+    return row

@@ -1,0 +1,96 @@
+"""Measure the model-card comparison and write it into docs/MODEL_CARD.md between the figure markers.
+
+Usage: python scripts/model_card.py [--default runs/default/model.pt] [--card-dir runs/card]
+Every checkpoint is evaluated on the same held-out windows (the corpus's validation split).
+"""
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from cosmoe.checkpoint import load_model
+from cosmoe.data import encode_stream, eval_windows, find_corpus, read_documents, split_documents
+from cosmoe.evaluate import evaluate
+from cosmoe.generate import generate
+from cosmoe.model import param_summary
+from cosmoe.tokenizer import eos_id
+
+ROWS = [("a", "default MoE (BlES on)", "default"), ("b", "dense baseline, FLOP-matched", "dense"),
+        ("c", "MoE without BlES", "nobles"), ("d", "MoE with wd experts (BlES on)", "wd")]
+PROMPTS = ["The list type is", "To open a file for reading,", "The :mod:`os` module"]
+START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+def measure(path: Path, windows: int) -> dict:
+    model, tok, ckpt = load_model(path)
+    _, val = split_documents(read_documents(find_corpus()))
+    x, y = eval_windows(encode_stream(tok, val, eos_id(tok)), 256, windows)
+    ev = evaluate(model, x, y)
+    return {"model": model, "tok": tok, "meta": ckpt["meta"], "eval": ev, "params": param_summary(model),
+            "tokens": x.numel()}
+
+
+def table(results: dict) -> list[str]:
+    base = results.get("a")
+    lines = ["| | model | params total | active / token | val. perplexity | vs (a) | expert switch rate |",
+             "|---|---|---|---|---|---|---|"]
+    for key, name, _ in ROWS:
+        r = results.get(key)
+        if r is None:
+            lines.append(f"| ({key}) | {name} | not trained | | | | |")
+            continue
+        ppl = r["eval"]["ppl"]
+        rel = f"{ppl / base['eval']['ppl'] - 1:+.1%}" if base and key != "a" else ""
+        sw = r["eval"].get("switch_rate_mean")
+        sw = f"{sw:.3f} (" + ", ".join(f"{s:.2f}" for s in r["eval"]["switch_rate"]) + ")" if sw is not None else "n/a"
+        p = r["params"]
+        lines.append(f"| ({key}) | {name} | {p['total'] / 1e6:.2f}M | {p['active'] / 1e6:.2f}M | {ppl:.2f} | {rel} | {sw} |")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--default", type=Path, default=Path("runs/default/model.pt"))
+    ap.add_argument("--card-dir", type=Path, default=Path("runs/card"))
+    ap.add_argument("--windows", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path("docs/MODEL_CARD.md"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    paths = {"a": args.default} | {k: args.card_dir / f"{f}.pt" for k, _, f in ROWS[1:]}
+    results = {k: measure(p, args.windows) for k, p in paths.items() if p.exists()}
+    a = results["a"]
+    meta = a["meta"]
+    o = meta["options"]
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} by `scripts/model_card.py` on {a['tokens']:,} held-out tokens "
+             f"({args.windows} windows of 256). Every run: {meta['tokens_seen']:,} training tokens "
+             f"({o['steps']} steps x {o['batch_size']} x {o['seq_len']}), seed {o['seed']}, same data.", ""]
+    lines += table(results)
+    if "c" in results:
+        c = results["c"]
+        ratio = c["eval"]["switch_rate_mean"] / a["eval"]["switch_rate_mean"]
+        cost = a["eval"]["ppl"] / c["eval"]["ppl"] - 1
+        lines += ["", f"BlES cuts the expert switch rate {ratio:.1f}x ({c['eval']['switch_rate_mean']:.3f} -> "
+                  f"{a['eval']['switch_rate_mean']:.3f}) for {cost:+.1%} perplexity against the same MoE without it "
+                  "(goal: at least 3x for at most 3%)."]
+    if "b" in results:
+        lines += [f"The default MoE {'beats' if a['eval']['ppl'] < results['b']['eval']['ppl'] else 'does not beat'} "
+                  f"the FLOP-matched dense baseline ({a['eval']['ppl']:.2f} vs {results['b']['eval']['ppl']:.2f})."]
+    lines += ["", "Expert usage per layer of (a) (share of top-k slots per expert):", ""]
+    lines += [f"- layer {i}: " + " ".join(f"{u:.2f}" for u in usage) for i, usage in enumerate(a["eval"]["expert_usage"])]
+    lines += ["", "Greedy samples from (a) (64 new tokens):", ""]
+    model, tok = a["model"], a["tok"]
+    for prompt in PROMPTS:
+        ids = generate(model, tok.encode(prompt).ids, 64, eos=eos_id(tok))
+        lines += ["```", prompt + tok.decode(ids), "```"]
+    text = args.out.read_text() if args.out.exists() else f"{START}\n{END}\n"
+    body = "\n".join(lines)
+    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}\n{END}", text, flags=re.S)
+    args.out.write_text(text)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
