@@ -151,10 +151,11 @@ class Engine:
     def _step(self, ids) -> np.ndarray:
         T, p0 = len(ids), self.pos
         h = self.embed(ids)
-        mask = attention_mask(p0, T, self.max_seq_len, self.rep)
+        mask = attention_mask(p0, T, self.rep)
         cos, sin = self.cos[p0:p0 + T], self.sin[p0:p0 + T]
         for layer in range(self.n_layers):
-            h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, self.kv.k[layer], self.kv.v[layer], mask])
+            k_past, v_past = self.kv.past(layer, p0)
+            h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, k_past, v_past, mask])
             self.kv.write(layer, p0, k, v)
             experts, weights = route(logits, self.top_k)
             self.routing.add(layer, p0, logits, experts, self.trace)

@@ -13,22 +13,30 @@ def rope_rows(head_dim: int, max_seq_len: int, theta: float):
     return np.concatenate([cos, cos], -1)[:, None, :], np.concatenate([sin, sin], -1)[:, None, :]
 
 
-def attention_mask(pos0: int, n_new: int, cache_len: int, rep: int) -> np.ndarray:
-    """(rep * n_new, cache_len + n_new): cache slots before pos0 are visible to every new token;
-    the new tokens see each other causally. Rows: repeat-major, then token."""
-    m = np.full((n_new, cache_len + n_new), -np.inf, dtype=np.float32)
+def attention_mask(pos0: int, n_new: int, rep: int) -> np.ndarray:
+    """(rep * n_new, P + n_new) with P = max(pos0, 1): the P past columns are visible to every new
+    token (the dummy column when pos0 = 0 is not), the new tokens see each other causally.
+    Rows: repeat-major, then token."""
+    past = max(pos0, 1)
+    m = np.full((n_new, past + n_new), -np.inf, dtype=np.float32)
     m[:, :pos0] = 0.0
-    m[:, cache_len:] = np.triu(np.full((n_new, n_new), -np.inf, dtype=np.float32), 1)
+    m[:, past:] = np.triu(np.full((n_new, n_new), -np.inf, dtype=np.float32), 1)
     return np.tile(m, (rep, 1))
 
 
 class KVCache:
+    """Per layer (max_seq_len, n_kv_heads, head_dim): position-major, so the filled prefix the layer
+    program reads is one contiguous block."""
+
     def __init__(self, n_layers: int, n_kv_heads: int, max_seq_len: int, head_dim: int):
-        shape = (n_kv_heads, max_seq_len, head_dim)
+        shape = (max_seq_len, n_kv_heads, head_dim)
         self.k = [np.zeros(shape, np.float32) for _ in range(n_layers)]
         self.v = [np.zeros(shape, np.float32) for _ in range(n_layers)]
 
+    def past(self, layer: int, pos0: int):
+        n = max(pos0, 1)
+        return self.k[layer][:n], self.v[layer][:n]
+
     def write(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray):
-        n = k.shape[1]
-        self.k[layer][:, pos0:pos0 + n] = k
-        self.v[layer][:, pos0:pos0 + n] = v
+        self.k[layer][pos0:pos0 + len(k)] = k
+        self.v[layer][pos0:pos0 + len(v)] = v

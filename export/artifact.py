@@ -25,11 +25,12 @@ from export.quantize import check_group_size, quantize_embedding
 CALLING_CONVENTION = {
     "embedding": "rows of embedding.safetensors 'weight' (int8 rows times 'scale' when present) for the token ids",
     "layer": {"inputs": build.LAYER_INPUTS, "outputs": build.LAYER_OUTPUTS,
-              "doc": "h (T,D); cos, sin (T,1,head_dim) rows of the rotate-half RoPE table at the tokens' positions; "
-                     "k_cache, v_cache (n_kv_heads, max_seq_len, head_dim) float32, owned by the runtime, read only; "
-                     "mask (rep*T, max_seq_len+T) additive: row r*T+t allows cache slots < pos0 and new tokens <= t. "
-                     "Outputs: h after attention (+ shared expert), x the experts' input, router_logits (T,E), "
-                     "k, v (n_kv_heads,T,head_dim) to store at positions pos0..pos0+T-1."},
+              "doc": "T new tokens at positions pos0..pos0+T-1. h (T,D); cos, sin (T,1,head_dim) rows of the "
+                     "rotate-half RoPE table at those positions; k_past, v_past (P,n_kv_heads,head_dim) float32, "
+                     "the first P = max(pos0,1) rows of the runtime's cache (one dummy row when pos0 = 0); "
+                     "mask (rep*T, P+T) additive: row r*T+t allows past columns < pos0 and new columns <= t, "
+                     "-inf elsewhere. Outputs: h after attention (+ shared expert), x the experts' input, "
+                     "router_logits (T,E), k, v (T,n_kv_heads,head_dim) to store at rows pos0..pos0+T-1."},
     "router": "softmax(router_logits) -> top_k experts -> weights renormalised over the k",
     "expert": {"inputs": ["x"], "outputs": ["y"], "doc": "x (T,D) rows routed to this expert; h += weight * y"},
     "head": {"inputs": ["h"], "outputs": ["logits"], "doc": "h (T,D) -> logits (T,vocab)"},

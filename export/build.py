@@ -19,7 +19,7 @@ from export.quantize import count_ops, quantize_linears
 
 LAYER_MAX_TOKENS = 64  # prefill chunk: the most tokens one backbone call takes
 EXPERT_MAX_TOKENS = 32  # ExecuTorch plans activation memory for the maximum: keep it small
-LAYER_INPUTS = ["h", "cos", "sin", "k_cache", "v_cache", "mask"]
+LAYER_INPUTS = ["h", "cos", "sin", "k_past", "v_past", "mask"]
 LAYER_OUTPUTS = ["h_out", "x", "router_logits", "k", "v"]
 
 _model = {}
@@ -38,18 +38,21 @@ def model_copy(ckpt_path: str):
     return copy.deepcopy(_model[ckpt_path])
 
 
-def layer_example(cfg, T: int = 4):
-    S, KV, hd = cfg.max_seq_len, cfg.n_kv_heads, cfg.head_dim
+def layer_example(cfg, T: int = 4, P: int = 8):
+    KV, hd = cfg.n_kv_heads, cfg.head_dim
     rep = cfg.n_heads // KV
-    # k and v caches must be distinct tensors: export treats one tensor passed twice as one input
-    return (torch.randn(T, cfg.dim), torch.randn(T, 1, hd), torch.randn(T, 1, hd), torch.zeros(KV, S, hd),
-            torch.zeros(KV, S, hd), torch.zeros(rep * T, S + T))
+    # k and v must be distinct tensors: export treats one tensor passed twice as one input
+    return (torch.randn(T, cfg.dim), torch.randn(T, 1, hd), torch.randn(T, 1, hd), torch.zeros(P, KV, hd),
+            torch.zeros(P, KV, hd), torch.zeros(rep * T, P + T))
 
 
 def layer_dynamic_shapes(cfg):
+    """T new tokens (1..LAYER_MAX_TOKENS) after P cached ones (1..max_seq_len-1); the mask is
+    (rep*T, P+T), a sum export cannot declare, so its width is left for export to infer."""
     T = Dim("T", min=1, max=LAYER_MAX_TOKENS)
+    P = Dim("P", min=1, max=cfg.max_seq_len - 1)
     rep = cfg.n_heads // cfg.n_kv_heads
-    return ({0: T}, {0: T}, {0: T}, None, None, {0: rep * T, 1: cfg.max_seq_len + T})
+    return ({0: T}, {0: T}, {0: T}, {0: P}, {0: P}, {0: rep * T, 1: Dim.AUTO})
 
 
 def token_dim(max_tokens: int):

@@ -39,11 +39,15 @@ def rotated(linear: nn.Linear, heads: int, head_dim: int) -> nn.Linear:
 
 
 class LayerProgram(nn.Module):
-    """Inputs: h (T, D) residual stream; cos, sin (T, 1, head_dim); k_cache, v_cache
-    (n_kv_heads, S, head_dim), the runtime's cache, read only; mask (rep*T, S+T) additive, 0 where
+    """Inputs: h (T, D) residual stream; cos, sin (T, 1, head_dim); k_past, v_past (P, n_kv_heads,
+    head_dim), the first P positions of the runtime's cache (P = max(pos0, 1): when pos0 = 0 one
+    masked dummy slot, since XNNPACK takes no empty tensors); mask (rep*T, P+T) additive, 0 where a
     query row may attend and -inf elsewhere (rows ordered group-repeat-major, then token).
     Outputs: h (T, D) after attention (+ shared expert); x (T, D) the routed experts' input;
-    router logits (T, E); k, v (n_kv_heads, T, head_dim), the new entries the runtime stores."""
+    router logits (T, E); k, v (T, n_kv_heads, head_dim), the new entries the runtime stores.
+    Passing only the filled prefix of the cache keeps the per-token cost proportional to the
+    context actually used (measured: 100 -> 48 us per onnxruntime call at position 20, 108 -> 31 us
+    for ExecuTorch, against passing all max_seq_len slots with a mask)."""
 
     def __init__(self, block):
         super().__init__()
@@ -56,7 +60,7 @@ class LayerProgram(nn.Module):
         moe: MoE = block.ffn
         self.router, self.shared = moe.router, moe.shared
 
-    def forward(self, h, cos, sin, k_cache, v_cache, mask):
+    def forward(self, h, cos, sin, k_past, v_past, mask):
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         rep = H // KV
         x = rms_norm(h, self.attn_norm)
@@ -65,8 +69,8 @@ class LayerProgram(nn.Module):
         v = self.wv(x).view(-1, KV, hd)
         # grouped-query attention as one batched matmul per kv head: (KV, rep*T, hd) queries
         q = q.view(-1, KV, rep, hd).permute(1, 2, 0, 3).contiguous().view(KV, -1, hd)
-        k, v = k.transpose(0, 1), v.transpose(0, 1)
-        keys, values = torch.cat([k_cache, k], dim=1), torch.cat([v_cache, v], dim=1)
+        keys = torch.cat([k_past, k], dim=0).permute(1, 0, 2)
+        values = torch.cat([v_past, v], dim=0).permute(1, 0, 2)
         p = torch.softmax(torch.bmm(q, keys.transpose(1, 2)) * (1.0 / math.sqrt(hd)) + mask, dim=-1)
         y = torch.bmm(p, values).view(KV, rep, -1, hd).permute(2, 0, 1, 3).contiguous().view(-1, H * hd)
         h = h + self.wo(y)

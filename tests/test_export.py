@@ -31,6 +31,9 @@ def test_manifest_lists_every_expert_with_size_and_checksum(fp32_artifact, tiny_
         for entry in section["experts"] + section["backbone"]["files"]:
             path = fp32_artifact / entry["path"]
             assert path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+        # budgets are charged with what an expert measurably costs once loaded, never less than its file
+        assert section["footprint"]["rss_per_file_byte"] > 0.5
+        assert all(e["resident_bytes"] >= e["bytes"] for e in section["experts"])
 
 
 def test_fp32_export_verified_against_eager(fp32_artifact):
