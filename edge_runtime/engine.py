@@ -2,7 +2,7 @@
 program, the router's top-k, the experts (loaded on a miss), then the head.
 
 Data flow per layer l, for the T tokens of this step (see export/programs.py for the programs):
-  h, x, logits, k, v = layer_l(h, cos, sin, k_cache_l, v_cache_l, mask)
+  h, x, logits, k, v = layer_l(h, cos, sin, k_past_l, v_past_l, mask)   (k_past: the filled cache rows)
   cache k, v at the tokens' positions; route x by logits; h += sum_k w_k * expert_k(x)
 """
 
@@ -129,7 +129,7 @@ class Engine:
         return rows.astype(np.float32) * self.embedding_scale[np.asarray(ids)][:, None]
 
     def reset(self):
-        """Start a new sequence. Old cache entries need no clearing: the mask hides slots >= pos."""
+        """Start a new sequence. Old cache rows need no clearing: only rows < pos are ever passed."""
         self.pos = 0
         self.routing = RoutingLog()
 

@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 make -s setup
 STEPS=${STEPS:-1200}
 mkdir -p runs/card
-train() { name=$1; shift; .venv/bin/edge-train --preset default --steps "$STEPS" --seed 0 --threads "${THREADS:-1}" \
+# (a run whose checkpoint exists is skipped: delete runs/card/NAME.pt to redo it)
+train() { name=$1; shift; [ -f "runs/card/$name.pt" ] && return 0; .venv/bin/edge-train --preset default --steps "$STEPS" --seed 0 --threads "${THREADS:-1}" \
   --quiet --out "runs/card/$name.pt" "$@" > "runs/card/$name.log" 2>&1; }
 train nobles --bles-weight 0 &
 train dense --dense &
-wait
 # wd experts with the default's parameter count: rank r = dim/2 = 128, r*(256+512) = 256*384 per matrix
-train wd --expert-kind wd --wd-rank 128 --expert-hidden 512
+train wd --expert-kind wd --wd-rank 128 --expert-hidden 512 &
+wait
 

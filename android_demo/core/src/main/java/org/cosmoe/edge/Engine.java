@@ -15,9 +15,11 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * The decode loop over an artifact (edge_runtime/engine.py Engine). Per layer l, for the T tokens
- * of a step: h, x, logits, k, v = layer_l(h, cos, sin, k_cache_l, v_cache_l, mask); store k, v at
- * the tokens' positions; route x by logits; h += sum_k w_k * expert_k(x). Prompts run in chunks
- * of layer_max_tokens; the head runs on the last row.
+ * of a step at positions pos0..pos0+T-1: h, x, logits, k, v = layer_l(h, cos, sin, k_past_l,
+ * v_past_l, mask), where k_past_l, v_past_l are the first max(pos0, 1) rows of the layer's
+ * position-major cache (see {@link KvCache}, {@link AttentionMask}); store k, v (T, n_kv_heads,
+ * head_dim) at rows pos0..pos0+T-1; route x by logits; h += sum_k w_k * expert_k(x). Prompts run
+ * in chunks of layer_max_tokens; the head runs on the last row.
  */
 public final class Engine implements AutoCloseable {
     /** A backbone part: the program holding it and the method to call. */
@@ -63,7 +65,7 @@ public final class Engine implements AutoCloseable {
         this.routing = new RoutingLog(trace);
     }
 
-    /** Start a new sequence. Old cache entries need no clearing: the mask hides slots >= pos. */
+    /** Start a new sequence. Old cache rows need no clearing: programs only see rows before pos. */
     public void reset() {
         pos = 0;
         routing = new RoutingLog(trace);
@@ -107,14 +109,16 @@ public final class Engine implements AutoCloseable {
         int p0 = pos;
         int d = cfg.dim;
         float[] h = embedding.rows(ids);
-        FloatTensor mask = AttentionMask.build(p0, n, cfg.maxSeqLen, cfg.rep());
+        int kvRow = cfg.nKvHeads * cfg.headDim;
+        FloatTensor mask = AttentionMask.build(p0, n, cfg.rep());
         FloatTensor cos = rope.cos(p0, n);
         FloatTensor sin = rope.sin(p0, n);
         for (int layer = 0; layer < cfg.nLayers; layer++) {
-            FloatTensor[] out = run("layer_" + layer, FloatTensor.of(h, n, d), cos, sin, kv.keys(layer),
-                    kv.values(layer), mask);
+            FloatTensor[] out = run("layer_" + layer, FloatTensor.of(h, n, d), cos, sin, kv.pastKeys(layer, p0),
+                    kv.pastValues(layer, p0), mask);
             if (out.length != 5 || out[0].numel() != n * d || out[1].numel() != n * d
-                    || out[2].numel() != n * cfg.numExperts) {
+                    || out[2].numel() != n * cfg.numExperts || out[3].numel() != n * kvRow
+                    || out[4].numel() != n * kvRow) {
                 throw new IllegalStateException("layer_" + layer + " returned outputs of unexpected shapes");
             }
             kv.write(layer, p0, out[3], out[4]);

@@ -6,9 +6,10 @@ import java.nio.FloatBuffer;
 import java.util.Arrays;
 
 /**
- * A float32 tensor crossing the program boundary. Inputs the runtime owns (the KV cache, masks,
- * RoPE rows) live in direct native-order buffers of exactly numel floats, so an ExecuTorch runner
- * can hand them to the program without a copy; outputs may be heap arrays.
+ * A float32 tensor crossing the program boundary. Inputs the runtime owns (the KV cache's past rows,
+ * masks, RoPE rows) live in direct native-order buffers of exactly numel floats (the past rows are a
+ * {@link #firstRows} view of the cache's buffer), so an ExecuTorch runner can hand them to the
+ * program without a copy; outputs may be heap arrays.
  */
 public final class FloatTensor {
     public final FloatBuffer data;
@@ -49,6 +50,22 @@ public final class FloatTensor {
 
     public long dim(int i) {
         return shape[i];
+    }
+
+    /**
+     * The first {@code n} entries along dim 0, (n, shape[1], ...), as a view sharing this tensor's
+     * memory: direct (and in the same byte order) when this one is, with exactly numel floats.
+     */
+    public FloatTensor firstRows(int n) {
+        long[] s = shape.clone();
+        if (s.length == 0 || n < 0 || n > s[0]) {
+            throw new IllegalArgumentException(n + " rows of shape " + Arrays.toString(shape));
+        }
+        s[0] = n;
+        FloatBuffer d = data.duplicate();
+        d.clear();
+        d.limit((int) numel(s));
+        return new FloatTensor(d.slice(), s);
     }
 
     /** The values as an array: the backing array when there is one, else a copy. */

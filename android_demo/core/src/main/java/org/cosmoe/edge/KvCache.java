@@ -1,8 +1,11 @@
 package org.cosmoe.edge;
 
 /**
- * Per layer, keys and values (n_kv_heads, max_seq_len, head_dim) that the runtime owns and the
- * layer programs read. Stale slots need no clearing: the mask hides slots at and after pos0.
+ * Per layer, keys and values (max_seq_len, n_kv_heads, head_dim) that the runtime owns
+ * (edge_runtime/kv.py KVCache). Position-major, so the filled prefix a layer program reads is one
+ * contiguous block at the start of the buffer: {@link #pastKeys}/{@link #pastValues} hand it over
+ * as a view, without a copy. Stale rows need no clearing: a layer program only sees rows before
+ * pos0 (and, when pos0 = 0, row 0 as a dummy the mask hides).
  */
 public final class KvCache {
     private final FloatTensor[] k;
@@ -18,33 +21,49 @@ public final class KvCache {
         k = new FloatTensor[nLayers];
         v = new FloatTensor[nLayers];
         for (int l = 0; l < nLayers; l++) {
-            k[l] = FloatTensor.direct(kvHeads, maxSeqLen, headDim);
-            v[l] = FloatTensor.direct(kvHeads, maxSeqLen, headDim);
+            k[l] = FloatTensor.direct(maxSeqLen, kvHeads, headDim);
+            v[l] = FloatTensor.direct(maxSeqLen, kvHeads, headDim);
         }
     }
 
+    /** The number of past rows a layer program takes for a step at pos0: P = max(pos0, 1). */
+    public static int pastRows(int pos0) {
+        return Math.max(pos0, 1);
+    }
+
+    /** The whole key cache of a layer, (max_seq_len, n_kv_heads, head_dim). */
     public FloatTensor keys(int layer) {
         return k[layer];
     }
 
+    /** The whole value cache of a layer, (max_seq_len, n_kv_heads, head_dim). */
     public FloatTensor values(int layer) {
         return v[layer];
     }
 
-    /** Stores a layer's new k, v (n_kv_heads, n, head_dim) at positions pos0..pos0+n-1. */
+    /** k_past: the first max(pos0, 1) rows of the layer's keys, (P, n_kv_heads, head_dim), a view. */
+    public FloatTensor pastKeys(int layer, int pos0) {
+        return k[layer].firstRows(pastRows(pos0));
+    }
+
+    /** v_past: the first max(pos0, 1) rows of the layer's values, (P, n_kv_heads, head_dim), a view. */
+    public FloatTensor pastValues(int layer, int pos0) {
+        return v[layer].firstRows(pastRows(pos0));
+    }
+
+    /** Stores a layer's new k, v (n, n_kv_heads, head_dim) at rows pos0..pos0+n-1. */
     public void write(int layer, int pos0, FloatTensor newK, FloatTensor newV) {
         store(k[layer], pos0, newK);
         store(v[layer], pos0, newV);
     }
 
     private void store(FloatTensor cache, int pos0, FloatTensor rows) {
-        int n = (int) rows.dim(1);
-        if (rows.dim(0) != kvHeads || rows.dim(2) != headDim || pos0 + n > maxSeqLen) {
-            throw new IllegalStateException("layer program returned k/v of an unexpected shape");
+        if (rows.shape.length != 3 || rows.dim(1) != kvHeads || rows.dim(2) != headDim || pos0 < 0
+                || pos0 + rows.dim(0) > maxSeqLen) {
+            throw new IllegalStateException("layer program returned k/v of shape "
+                    + java.util.Arrays.toString(rows.shape) + " for position " + pos0 + "; expected (T, "
+                    + kvHeads + ", " + headDim + ") within " + maxSeqLen + " positions");
         }
-        float[] src = rows.toArray();
-        for (int h = 0; h < kvHeads; h++) {
-            cache.put((h * maxSeqLen + pos0) * headDim, src, h * n * headDim, n * headDim);
-        }
+        cache.put(pos0 * kvHeads * headDim, rows.toArray(), 0, rows.numel());
     }
 }

@@ -120,6 +120,39 @@ public class EngineFactoryTest {
         assertEquals("head once per forward", 3, heads);
         assertEquals("every token's k experts ran once", 12 * a.topK * a.nLayers, expertRows);
         assertEquals("every program released", programs.opened.size(), programs.closed);
+        assertEquals("k_past, v_past rows checked", a.nLayers * (0 + 4 + 8 + 10 + 11), programs.pastRowsChecked);
+    }
+
+    @Test
+    public void layerProgramsReadThePastRowsOfTheCurrentSequenceUpToTheLastPosition() throws IOException {
+        a.maxSeqLen = 12;
+        a.layerMaxTokens = 5;
+        File root = a.write(tmp.newFolder());
+        RecordedPrograms programs = new RecordedPrograms(new SyntheticScript(a), a);
+        try (Engine engine = open(root, new EngineOptions(), programs)) {
+            Generator.generate(engine, ids(7), 3, Sampler.greedy(), null, null, null);
+            // a new sequence over the old one's rows: its own k, v must be read back, the stale
+            // rows never (RecordedPrograms checks each call's k_past, v_past against what it returned)
+            int[] other = {5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11};
+            engine.reset();
+            engine.forward(other);
+            engine.forward(new int[] {9});  // pos0 = 11: P = max_seq_len - 1 past rows, the most a program takes
+            try {
+                engine.forward(new int[] {9});
+                fail("ran past max_seq_len");
+            } catch (ArtifactException expected) {
+                // refused before any program ran
+            }
+        }
+        List<String> layer1 = new ArrayList<>();
+        for (String c : programs.calls) {
+            if (c.startsWith("layer_1")) {
+                layer1.add(c);
+            }
+        }
+        assertEquals(Arrays.asList("layer_1 0 5", "layer_1 5 2", "layer_1 7 1", "layer_1 8 1",
+                "layer_1 0 5", "layer_1 5 5", "layer_1 10 1", "layer_1 11 1"), layer1);
+        assertEquals(a.nLayers * (5 + 7 + 8 + 5 + 10 + 11), programs.pastRowsChecked);
     }
 
     @Test

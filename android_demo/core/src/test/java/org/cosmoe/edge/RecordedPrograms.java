@@ -8,9 +8,11 @@ import java.util.regex.Pattern;
 
 /**
  * A {@link ProgramLoader} whose programs follow a script instead of running a model: layer
- * programs return the script's router logits (h and x passed through, k and v zeros), the head
- * returns the script's logits, experts return zeros. Every call's shapes are checked against the
- * calling convention, and the calls are logged.
+ * programs return the script's router logits (h and x passed through, k and v (T, n_kv_heads,
+ * head_dim) rows distinct per layer, position and token), the head returns the script's logits,
+ * experts return zeros. Every call is checked against the calling convention (export/artifact.py
+ * CALLING_CONVENTION): shapes, the mask's values, and k_past, v_past (P = max(pos0, 1) rows) being
+ * exactly the k, v this layer returned for positions before pos0. The calls are logged.
  */
 final class RecordedPrograms implements ProgramLoader {
     interface Script {
@@ -25,6 +27,8 @@ final class RecordedPrograms implements ProgramLoader {
     final List<String> calls = new ArrayList<>();
     final List<String> opened = new ArrayList<>();
     int closed;
+    /** Past rows (over all layer calls) whose k and v were checked against what the program returned. */
+    int pastRowsChecked;
     private final Script script;
     private final TestArtifact a;
     private int headCalls;
@@ -55,7 +59,17 @@ final class RecordedPrograms implements ProgramLoader {
                 + ", expected " + java.util.Arrays.toString(expected));
     }
 
+    /** The runtime's own inputs (past rows, mask, RoPE rows) go to the program without a copy. */
+    private static void direct(FloatTensor t, String name) {
+        check(t.data.isDirect() && t.data.order() == java.nio.ByteOrder.nativeOrder(),
+                name + " is not a direct native-order buffer");
+    }
+
     private final class Backbone implements ProgramRunner {
+        /** Per layer, the k and v rows (n_kv_heads * head_dim floats) this program returned per position. */
+        private final float[][][] storedK = new float[a.nLayers][a.maxSeqLen][];
+        private final float[][][] storedV = new float[a.nLayers][a.maxSeqLen][];
+
         @Override
         public FloatTensor[] run(String method, FloatTensor... in) {
             if (method.equals("head")) {
@@ -68,25 +82,64 @@ final class RecordedPrograms implements ProgramLoader {
             int layer = Integer.parseInt(method.substring("layer_".length()));
             int t = (int) in[0].dim(0);
             int rep = a.nHeads / a.nKvHeads;
+            int row = a.nKvHeads * a.headDim;
+            check(t >= 1 && t <= a.layerMaxTokens, t + " tokens for a layer program");
             shape(in[0], "h", t, a.dim);
             shape(in[1], "cos", t, 1, a.headDim);
             shape(in[2], "sin", t, 1, a.headDim);
-            shape(in[3], "k_cache", a.nKvHeads, a.maxSeqLen, a.headDim);
-            shape(in[4], "v_cache", a.nKvHeads, a.maxSeqLen, a.headDim);
-            shape(in[5], "mask", (long) rep * t, a.maxSeqLen + t);
+            check(in[3].shape.length == 3, "k_past of rank " + in[3].shape.length);
+            int past = (int) in[3].dim(0);
+            // the exported programs take 1 <= P <= max_seq_len - 1 past rows
+            check(past >= 1 && past <= a.maxSeqLen - 1, past + " past rows");
+            shape(in[3], "k_past", past, a.nKvHeads, a.headDim);
+            shape(in[4], "v_past", past, a.nKvHeads, a.headDim);
+            shape(in[5], "mask", (long) rep * t, past + t);
+            for (int i = 1; i < 6; i++) {
+                direct(in[i], method + " input " + i);
+            }
             float[] mask = in[5].toArray();
-            int pos0 = 0;
-            while (pos0 < a.maxSeqLen && mask[pos0] == 0f) {
-                pos0++;
+            // P = max(pos0, 1): one past row is pos0 = 1, or the dummy row when its column is masked
+            int pos0 = past > 1 || mask[0] == 0f ? past : 0;
+            check(pos0 + t <= a.maxSeqLen, "positions " + pos0 + ".." + (pos0 + t - 1));
+            for (int r = 0; r < rep * t; r++) {
+                int tok = r % t;
+                for (int c = 0; c < past + t; c++) {
+                    boolean visible = c < pos0 || (c >= past && c - past <= tok);
+                    float want = visible ? 0f : Float.NEGATIVE_INFINITY;
+                    float got = mask[r * (past + t) + c];
+                    check(Float.floatToIntBits(got) == Float.floatToIntBits(want), "mask at pos0 " + pos0 + " row "
+                            + r + " col " + c + " is " + got + ", expected " + want);
+                }
+            }
+            // the past rows are the rows this layer's earlier calls returned, at their positions
+            float[] kPast = in[3].toArray();
+            float[] vPast = in[4].toArray();
+            for (int p = 0; p < pos0; p++) {
+                check(storedK[layer][p] != null, method + " at " + pos0 + " reads position " + p + ", never written");
+                for (int j = 0; j < row; j++) {
+                    check(kPast[p * row + j] == storedK[layer][p][j] && vPast[p * row + j] == storedV[layer][p][j],
+                            method + " at " + pos0 + ": k_past/v_past row " + p + " is not the k/v stored there");
+                }
+                pastRowsChecked++;
             }
             calls.add(method + " " + pos0 + " " + t);
             float[] h = in[0].toArray().clone();
             float[] logits = script.routerLogits(layer, pos0, t, h);
             check(logits.length == t * a.numExperts, "script logits for " + t + " tokens");
+            // k, v (T, n_kv_heads, head_dim): distinct per layer, position, head and token
+            float[] k = new float[t * row];
+            float[] v = new float[t * row];
+            for (int i = 0; i < t; i++) {
+                for (int j = 0; j < row; j++) {
+                    k[i * row + j] = layer * 100000 + (pos0 + i) * 100 + j + h[i * a.dim + j % a.dim];
+                    v[i * row + j] = -k[i * row + j] - 0.5f;
+                }
+                storedK[layer][pos0 + i] = java.util.Arrays.copyOfRange(k, i * row, (i + 1) * row);
+                storedV[layer][pos0 + i] = java.util.Arrays.copyOfRange(v, i * row, (i + 1) * row);
+            }
             return new FloatTensor[] {FloatTensor.of(h, t, a.dim), FloatTensor.of(h.clone(), t, a.dim),
-                FloatTensor.of(logits, t, a.numExperts), FloatTensor.of(new float[a.nKvHeads * t * a.headDim],
-                    a.nKvHeads, t, a.headDim), FloatTensor.of(new float[a.nKvHeads * t * a.headDim], a.nKvHeads, t,
-                    a.headDim)};
+                FloatTensor.of(logits, t, a.numExperts), FloatTensor.of(k, t, a.nKvHeads, a.headDim),
+                FloatTensor.of(v, t, a.nKvHeads, a.headDim)};
         }
 
         @Override

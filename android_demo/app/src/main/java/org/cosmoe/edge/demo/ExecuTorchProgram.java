@@ -21,7 +21,8 @@ final class ExecuTorchProgram implements ProgramRunner {
         EValue[] args = new EValue[inputs.length];
         for (int i = 0; i < inputs.length; i++) {
             FloatTensor in = inputs[i];
-            // the runtime's own buffers (KV cache, mask, RoPE rows) are direct: passed without a copy
+            // the runtime's own buffers (the KV cache's past rows, a view of the cache; mask; RoPE rows)
+            // are direct: passed without a copy
             Tensor t = in.data.isDirect() && in.data.order() == ByteOrder.nativeOrder()
                     ? Tensor.fromBlob(in.data, in.shape)
                     : Tensor.fromBlob(in.toArray(), in.shape);
