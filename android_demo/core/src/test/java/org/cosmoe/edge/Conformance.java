@@ -46,6 +46,16 @@ final class Conformance {
         }
     }
 
+    /** Size of the recorded tokenizer's vocabulary: its BPE vocabulary plus the added special tokens. */
+    static int tokenizerVocabSize() {
+        JsonObject t = json("tokenizer.json");
+        int n = t.getAsJsonObject("model").getAsJsonObject("vocab").size();
+        for (JsonElement added : t.getAsJsonArray("added_tokens")) {
+            n = Math.max(n, added.getAsJsonObject().get("id").getAsInt() + 1);
+        }
+        return n;
+    }
+
     static int[] ints(JsonElement e) {
         JsonArray a = e.getAsJsonArray();
         int[] out = new int[a.size()];

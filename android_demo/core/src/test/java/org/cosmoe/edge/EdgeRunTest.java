@@ -34,7 +34,7 @@ public class EdgeRunTest {
     private final TestArtifact a = new TestArtifact();
 
     private File artifact() throws IOException {
-        a.vocab = 512;
+        a.vocab = Conformance.tokenizerVocabSize();  // the synthetic model must cover the real tokenizer's ids
         a.eosId = 0;
         a.tokenizerJson = new String(Files.readAllBytes(Conformance.file("tokenizer.json").toPath()),
                 StandardCharsets.UTF_8);
