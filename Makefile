@@ -41,6 +41,7 @@ $(ARTIFACT)/manifest.json: $(MODEL) | setup
 	$(BIN)/edge-export $(MODEL) --quant int4 --out $(ARTIFACT) --force
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	bash scripts/test_android_core.sh
 

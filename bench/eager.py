@@ -11,7 +11,7 @@ import torch
 from cosmoe.checkpoint import load_model
 from cosmoe.generate import generate
 from cosmoe.tokenizer import eos_id
-from edge_runtime.metrics import peak_rss_bytes, rss_bytes, storage_read_bytes
+from edge_runtime.metrics import peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 
 
 def main():
@@ -44,7 +44,7 @@ def main():
         "load_ms": load_ms, "peak_rss_bytes": peak_rss_bytes(), "rss_after_load_bytes": rss_load,
         "storage_read_bytes": storage_read_bytes() - read0, "memory_budget_bytes": 0, "expert_bytes_total": 0,
         "resident_expert_bytes_peak": 0, "expert_hits": 0, "expert_misses": 0, "expert_evictions": 0,
-        "expert_hit_rate": 1.0, "expert_switch_rate": 0.0, "prefetch": {"issued": 0, "useful": 0},
+        "expert_hit_rate": 1.0, "expert_switch_rate": 0.0, "prefetch": {"issued": 0, "useful": 0}, "process": process_id(),
     }
     if a.report:
         with open(a.report, "w") as f:

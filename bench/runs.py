@@ -84,5 +84,5 @@ def reduce(c: Config, reports: list[dict]) -> dict:
     row["prefetch_issued"] = statistics.median(r["prefetch"]["issued"] for r in ok)
     row["prefetch_useful"] = statistics.median(r["prefetch"]["useful"] for r in ok)
     row["text"] = ok[0].get("text", "")
-    row["pids"] = [r.get("pid") for r in ok]
+    row["processes"] = [r.get("process") for r in ok]
     return row

@@ -74,7 +74,7 @@ def main(
         model, tok, _ = load_model(model_path)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     ids = tok.encode(prompt).ids
     sys.stdout.write(prompt)
     new: list[int] = []

@@ -20,13 +20,11 @@ import typer
 
 from cosmoe.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from cosmoe.config import PRESETS, ModelConfig
-from cosmoe.data import CorpusError, encode_stream, eval_windows, find_corpus, random_batch, read_documents, \
-    split_documents
+from cosmoe.data import CorpusError, encode_stream, eval_windows, find_corpus, random_batch, read_documents, split_documents
 from cosmoe.evaluate import evaluate
 from cosmoe.losses import bles_distribution, bles_loss, load_balance_loss
 from cosmoe.model import CoSMoE, format_summary, param_summary
 from cosmoe.tokenizer import eos_id, load_tokenizer, train_tokenizer
-
 
 VAL_TEXT_CHARS = 24_000
 

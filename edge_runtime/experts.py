@@ -34,7 +34,7 @@ class ExpertStore:
         t = time.perf_counter_ns()
         path = check_file(self.artifact, self.entries[key], self.verify_sha and key not in self.verified)
         self.verified.add(key)
-        program = open_program(self.backend, path, ["forward"], self.threads)
+        program = open_program(self.backend, path, ["forward"], self.threads, expert=True)
         self.loads += 1
         self.load_ns += time.perf_counter_ns() - t
         return program

@@ -24,7 +24,7 @@ def measure(artifact: Path, backend: str) -> dict:
     x = np.zeros((1, m["model"]["dim"]), np.float32)
 
     def load(entry):
-        p = open_program(backend, check_file(artifact, entry, False), ["forward"])
+        p = open_program(backend, check_file(artifact, entry, False), ["forward"], expert=True)
         p.run("forward", [x])  # first run: lazily allocated buffers count too
         return p
 

@@ -55,3 +55,9 @@ def drop_page_cache(paths) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def process_id() -> str:
+    """pid plus the process's start time: unique even when the OS reuses a pid."""
+    start = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return f"{os.getpid()}@{start}"

@@ -1,7 +1,6 @@
 """One edge-run: load, generate, measure. The report's keys are a contract shared with edge-bench
 and the Android demo."""
 
-import os
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from tokenizers import Tokenizer
 from edge_runtime.engine import Engine
 from edge_runtime.generate import Sampler, generate
 from edge_runtime.manifest import ArtifactError, check_file, load_manifest
-from edge_runtime.metrics import drop_page_cache, peak_rss_bytes, rss_bytes, storage_read_bytes
+from edge_runtime.metrics import drop_page_cache, peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 
 
 class TextStream:
@@ -40,7 +39,7 @@ def artifact_files(artifact: Path, manifest: dict) -> list[Path]:
 def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "executorch", memory_budget: str = "all",
         cache_policy: str = "lru", prefetch: bool = False, temperature: float = 0.0, top_k: int = 0,
         top_p: float = 1.0, seed: int = 0, cold: bool = False, verify: bool = True, threads: int = 1,
-        stream=None, on_cache_event=None) -> dict:
+        stream=None, on_cache_event=None, preload: bool = False) -> dict:
     from edge_runtime.cli import parse_budget
 
     artifact = Path(artifact)
@@ -65,6 +64,8 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
                         .get("experts", []))
     budget = parse_budget(memory_budget, section_total)
     engine = Engine(artifact, backend, budget, cache_policy, verify, prefetch, threads, on_cache_event=on_cache_event)
+    if preload:
+        engine.preload()
     load_ms = (time.perf_counter_ns() - t) / 1e6
     rss_after_load = rss_bytes()
 
@@ -98,5 +99,6 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
         "expert_hit_rate": c.hits / (c.hits + c.misses) if c.hits + c.misses else 0.0,
         "expert_switch_rate": engine.routing.switch_rate,
         "prefetch": {"issued": engine.prefetch_issued, "useful": c.prefetch_useful},
-        "expert_load_ms": engine.store.load_ns / 1e6, "expert_loads": engine.store.loads, "pid": os.getpid(),
+        "expert_load_ms": engine.store.load_ns / 1e6, "expert_loads": engine.store.loads, "process": process_id(),
+        "preloaded": preload,
     }

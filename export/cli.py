@@ -120,7 +120,7 @@ def print_summary(m: dict, out: Path):
         lines.append(line)
     Console(width=max(100, Console().width)).print(t)
     print("\n".join(lines))
-    for b, s in m["backends"].items():
+    for s in m["backends"].values():
         if "delegation" in s:
             d = s["delegation"]
             portable = ", ".join(f"{k} x{v}" for k, v in d["portable_ops"].items()) or "none"

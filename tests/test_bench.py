@@ -23,9 +23,9 @@ def test_bench_writes_schema_records_failures_and_isolates_runs(int4_artifact, t
                 "estimate_phone-ufs3_tokens_per_s"):
         assert key in ok, key
     assert ok["runs"] == 2 and ok["decode_tokens_per_s_min"] <= ok["decode_tokens_per_s"] <= ok["decode_tokens_per_s_max"]
-    # every run in its own process
-    pids = [p for row in data["rows"] for p in row.get("pids", [])]
-    assert len(pids) == len(set(pids)) >= 6
+    # every run in its own process (pid and start time: pids alone get reused)
+    procs = [p for row in data["rows"] for p in row.get("processes", [])]
+    assert len(procs) == len(set(procs)) >= 6
     # no cache means every expert use is a load
     assert rows[("all", "none")]["expert_hits"] == 0 and rows[("all", "lru")]["expert_evictions"] == 0
     with open(out / "results.csv") as f:

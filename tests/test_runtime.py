@@ -46,7 +46,7 @@ def test_any_budget_gives_the_same_tokens(int4_artifact, backend, policy):
     for budget in (engine.min_budget, engine.expert_bytes_total // 2):
         events = []
 
-        def check(kind, key, resident, budget=budget):
+        def check(kind, key, resident, budget=budget, events=events):
             events.append(kind)
             assert resident <= budget  # at every load, eviction and hit
 

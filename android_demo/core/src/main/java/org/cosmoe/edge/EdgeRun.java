@@ -136,7 +136,7 @@ public final class EdgeRun {
         r.prefetchUseful = c.prefetchUseful();
         r.expertLoadMs = engine.store.loadNs() / 1e6;
         r.expertLoads = engine.store.loads();
-        r.pid = ProcStats.pid();
+        r.process = ProcStats.processId();
         return r;
     }
 

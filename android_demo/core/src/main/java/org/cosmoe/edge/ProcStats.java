@@ -39,12 +39,18 @@ public final class ProcStats {
         }
     }
 
-    /** This process's id (the link /proc/self), or -1. */
-    public static long pid() {
+    /**
+     * This process as "pid@starttime" (field 22 of /proc/self/stat), as the Python runtime reports it:
+     * unique even when the OS reuses a pid. "unknown" where procfs cannot be read.
+     */
+    public static String processId() {
         try {
-            return Long.parseLong(Files.readSymbolicLink(Paths.get("/proc/self")).toString());
+            String pid = Files.readSymbolicLink(Paths.get("/proc/self")).toString();
+            String stat = new String(Files.readAllBytes(Paths.get("/proc/self/stat")), "UTF-8");
+            String[] after = stat.substring(stat.lastIndexOf(')') + 1).trim().split("\\s+");
+            return pid + "@" + after[19];
         } catch (IOException | RuntimeException e) {
-            return -1;
+            return "unknown";
         }
     }
 

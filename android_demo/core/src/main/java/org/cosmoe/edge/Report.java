@@ -36,7 +36,7 @@ public final class Report {
     public int prefetchUseful;
     public double expertLoadMs;
     public int expertLoads;
-    public long pid;
+    public String process;
 
     /** Fills the timing figures from a generation's timings, as run.py does. */
     public void setTimings(int promptTokens, long prefillNs, List<Long> tokenNs) {
@@ -104,7 +104,7 @@ public final class Report {
         m.put("prefetch", prefetch);
         m.put("expert_load_ms", expertLoadMs);
         m.put("expert_loads", expertLoads);
-        m.put("pid", pid);
+        m.put("process", process);
         return m;
     }
 

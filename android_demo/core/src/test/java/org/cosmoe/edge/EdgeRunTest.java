@@ -26,7 +26,7 @@ public class EdgeRunTest {
             "text", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "token_latency_ms", "load_ms",
             "peak_rss_bytes", "rss_after_load_bytes", "storage_read_bytes", "memory_budget_bytes", "expert_bytes_total",
             "resident_expert_bytes_peak", "expert_hits", "expert_misses", "expert_evictions", "expert_hit_rate",
-            "expert_switch_rate", "prefetch", "expert_load_ms", "expert_loads", "pid");
+            "expert_switch_rate", "prefetch", "expert_load_ms", "expert_loads", "process");
 
     @Rule
     public TemporaryFolder tmp = new TemporaryFolder();
@@ -86,7 +86,7 @@ public class EdgeRunTest {
         assertEquals((double) hits / (hits + misses), json.get("expert_hit_rate").getAsDouble(), 1e-12);
         assertTrue(json.get("resident_expert_bytes_peak").getAsLong() <= 4000);
         assertTrue(json.get("peak_rss_bytes").getAsLong() > 0);
-        assertTrue(json.get("pid").getAsLong() > 0);
+        assertTrue(json.get("process").getAsString().matches("\\d+@\\d+"));
         String table = MetricsTable.of(r);
         for (String row : new String[] {"time to first token", "decode", "peak RSS (VmHWM)", "storage read",
             "expert hits / misses / evictions", "expert hit rate", "expert switch rate"}) {
