@@ -65,22 +65,29 @@ def add_bounds(rows, manifests, hw):
 
 
 def add_estimates(rows, manifests, hw, devices) -> dict:
-    """Estimated decode tokens/s per device for each cached configuration (see bench/device.py)."""
-    from bench.device import estimate_tokens_per_s
+    """Estimated decode tokens/s per device for each configuration (see bench/device.py), and the same
+    formula with this machine's own figures, to check it against what was measured here."""
+    from bench.device import Device, estimate_tokens_per_s
 
     full = {(r["artifact"], r["backend"]): r["decode_tokens_per_s"] for r in rows
             if r["policy"] == "lru" and r["budget"] == "all" and "decode_tokens_per_s" in r}
+    here = Device("this-machine", hw["storage_gbps"], 0.0, hw["int4_gops"])
     curves = {}
     for r in rows:
         key = (r["artifact"], r["backend"])
         if r["policy"] == "eager" or key not in full or "decode_tokens_per_s" not in r:
             continue
         expert, _ = expert_bytes(manifests[r["artifact"]], r["backend"])
-        misses = r["expert_misses"] / max(1, r["prompt_tokens"] + r["generated_tokens"])
-        for dev in devices:
-            est = estimate_tokens_per_s(dev, hw["int4_gops"], 1 / full[key], misses, expert)
+        # decode's misses per decode step (the prompt's first loads are time to first token's business)
+        misses = r.get("expert_misses_decode", 0) / max(1, r["generated_tokens"] - 1)
+        load_s = r["expert_load_ms"] / 1e3 / r["expert_loads"] if r.get("expert_loads") else 0.0
+        if r["cold"]:
+            load_s = max(0.0, load_s - expert / (hw["storage_gbps"] * 1e9))
+        r["load_cpu_ms"] = load_s * 1e3
+        for dev in [here, *devices]:
+            est = estimate_tokens_per_s(dev, hw["int4_gops"], 1 / full[key], misses, expert, load_s)
             r[f"estimate_{dev.name}_tokens_per_s"] = est
-            if r["policy"] != "none" and r.get("memory_budget_bytes"):
+            if dev is not here and r["policy"] != "none" and r.get("memory_budget_bytes"):
                 frac = min(1.0, r["memory_budget_bytes"] / r["expert_bytes_total"])
                 curves.setdefault(f"{dev.name}: {r['label']}", []).append((frac, est))
     return {k: sorted(v) for k, v in curves.items()}
@@ -196,7 +203,8 @@ def print_summary(rows, hw, devices):
     t = Table(title=f"edge-bench on {hw['cpu']} ({hw['cores']} cores), memory {hw['memory_gbps']:.1f} GB/s, "
                     f"storage {hw['storage_gbps']:.2f} GB/s (O_DIRECT)")
     cols = ["configuration", "budget", "decode tok/s", "of bound", "ttft ms", "hit rate", "peak RSS MB", "read KB/tok"]
-    cols += [f"ESTIMATE {d.name} tok/s" for d in devices]
+    if devices:
+        cols += ["formula here tok/s"] + [f"ESTIMATE {d.name} tok/s" for d in devices]
     for c in cols:
         t.add_column(c, justify="left" if c == "configuration" else "right")
     for r in rows:
@@ -208,8 +216,9 @@ def print_summary(rows, hw, devices):
                  f"{r['fraction_of_bound']:.0%}" if "fraction_of_bound" in r else "",
                  f"{r['ttft_ms']:.1f}", f"{r['expert_hit_rate']:.1%}", f"{r['peak_rss_bytes'] / 1e6:.0f}",
                  f"{r['storage_read_bytes'] / max(1, r['generated_tokens']) / 1e3:.1f}"]
-        cells += [f"{r[f'estimate_{d.name}_tokens_per_s']:.0f}" if f"estimate_{d.name}_tokens_per_s" in r else ""
-                  for d in devices]
+        if devices:
+            cells += [f"{r[k]:.0f}" if (k := f"estimate_{d}_tokens_per_s") in r else ""
+                      for d in ["this-machine"] + [d.name for d in devices]]
         t.add_row(*cells)
     Console(width=max(150, Console().width)).print(t)
 

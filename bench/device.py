@@ -1,12 +1,13 @@
 """Planning beyond this machine: measure this machine's memory and storage bandwidth and int4
 compute rate, and estimate decode speed on a device profile from a measured run.
 
-The estimate (also in docs/BENCHMARKS.md), per generated token:
-  t_device = t_compute * (host_int4_gops / device_int4_gops)
-           + misses_per_token * (device_read_latency + expert_bytes / device_read_bandwidth)
-where t_compute is this machine's time per token with every expert resident (no loads), and the
-miss figures come from the run at that budget. It is an estimate: it ignores the device's memory
-pressure, thermal throttling and the phone's own runtime overheads.
+The estimate (also in docs/BENCHMARKS.md), per generated token, with r = host_int4_gops / device_int4_gops:
+  t_device = t_compute * r
+           + misses_per_token * (t_load_cpu * r + device_read_latency + expert_bytes / device_read_bandwidth)
+where t_compute is this machine's time per token with every expert resident (no loads), t_load_cpu
+the CPU time to turn an expert's bytes into a runnable program here (measured load time minus the
+read), and the miss figures come from the run at that budget. It is an estimate: it ignores the
+device's memory pressure, thermal throttling and the phone's own runtime overheads.
 """
 
 import mmap
@@ -120,7 +121,8 @@ def int4_gops(n: int = 4096, repeats: int = 50) -> float:
 
 
 def estimate_tokens_per_s(device: Device, host_gops: float, compute_s_per_token: float, misses_per_token: float,
-                          expert_bytes: float) -> float:
-    t = compute_s_per_token * host_gops / device.int4_gops
-    t += misses_per_token * (device.read_latency_us * 1e-6 + expert_bytes / (device.read_gbps * 1e9))
+                          expert_bytes: float, load_cpu_s: float) -> float:
+    r = host_gops / device.int4_gops
+    t = compute_s_per_token * r
+    t += misses_per_token * (load_cpu_s * r + device.read_latency_us * 1e-6 + expert_bytes / (device.read_gbps * 1e9))
     return 1.0 / t

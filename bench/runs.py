@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # report keys reduced to median/min/max over repeats
-NUMERIC = ["ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "load_ms", "peak_rss_bytes",
+NUMERIC = ["ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "load_ms", "peak_rss_bytes", "expert_load_ms",
+           "expert_loads", "expert_misses_decode",
            "rss_after_load_bytes", "storage_read_bytes", "resident_expert_bytes_peak", "expert_hits", "expert_misses",
            "expert_evictions", "expert_hit_rate", "expert_switch_rate", "generated_tokens", "prompt_tokens"]
 

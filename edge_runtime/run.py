@@ -72,8 +72,15 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
     if stream is not None:
         stream.write(prompt)
     text = TextStream(tokenizer, stream)
+    misses_at_first = []  # the cache's misses once the prompt is in: what follows is decode's share
+
+    def on_token(token):
+        if not misses_at_first:
+            misses_at_first.append(engine.cache.misses)
+        text(token)
+
     ids, timings, _ = generate(engine, prompt_ids, max_new_tokens,
-                               Sampler(temperature, top_k, top_p, seed), manifest["tokenizer"].get("eos_id"), text)
+                               Sampler(temperature, top_k, top_p, seed), manifest["tokenizer"].get("eos_id"), on_token)
     engine.close()
     if stream is not None:
         stream.write("\n")
@@ -96,6 +103,7 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
         "memory_budget_bytes": c.budget, "expert_bytes_total": engine.expert_bytes_total,
         "resident_expert_bytes_peak": c.peak_bytes,
         "expert_hits": c.hits, "expert_misses": c.misses, "expert_evictions": c.evictions,
+        "expert_misses_decode": c.misses - (misses_at_first[0] if misses_at_first else c.misses),
         "expert_hit_rate": c.hits / (c.hits + c.misses) if c.hits + c.misses else 0.0,
         "expert_switch_rate": engine.routing.switch_rate,
         "prefetch": {"issued": engine.prefetch_issued, "useful": c.prefetch_useful},
