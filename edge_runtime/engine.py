@@ -6,7 +6,6 @@ Data flow per layer l, for the T tokens of this step (see export/programs.py for
   cache k, v at the tokens' positions; route x by logits; h += sum_k w_k * expert_k(x)
 """
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +85,6 @@ class Engine:
                 if _threadpool_get_thread_count() != threads:
                     _unsafe_reset_threadpool(threads)  # decode-sized matmuls run best on one core
 
-        t = time.perf_counter_ns()
         self.embedding = self._load_embedding(verify)
         self.routers = None
         if prefetch:
@@ -99,7 +97,6 @@ class Engine:
             programs[f["path"]] = open_program(backend, path, methods, threads)
         for name, p in section["backbone"]["parts"].items():
             self.parts[name] = (programs[p["path"]], p["method"])
-        self.backbone_load_ns = time.perf_counter_ns() - t
 
         self.store = ExpertStore(self.artifact, backend, section["experts"], verify, threads)
         self.expert_bytes_total = sum(self.store.cost(k) for k in self.store.entries)

@@ -68,7 +68,7 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
     cfg = model.cfg
     if cfg.ffn != "moe":
         raise ExportError("edge-export needs an MoE model; this checkpoint is the dense baseline")
-    check_group_size(cfg.to_dict(), scheme, group_size)
+    check_group_size(cfg.to_dict(), scheme, group_size, backends)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

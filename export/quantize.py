@@ -21,12 +21,15 @@ class QuantError(ValueError):
     pass
 
 
-def check_group_size(cfg: dict, scheme: str, group_size: int):
+def check_group_size(cfg: dict, scheme: str, group_size: int, backends: list[str]):
     """int4 groups run along each linear layer's input dimension: the group must divide them all."""
     if scheme != "int4":
         return
-    if group_size < 8 or group_size % 8:
-        raise QuantError(f"--group-size must be a multiple of 8 (got {group_size})")
+    if group_size < 16 or group_size & (group_size - 1):
+        raise QuantError(f"--group-size must be a power of two, at least 16 (got {group_size})")
+    if "executorch" in backends and group_size % 32:
+        raise QuantError(f"XNNPACK's int4 kernels need groups that are a multiple of 32 (got {group_size}); "
+                         "use --backend onnx for smaller groups")
     dims = {"dim": cfg["dim"], "expert_hidden": cfg["expert_hidden"]}
     if cfg["expert_kind"] == "wd":
         dims["wd_rank"] = cfg["wd_rank"]

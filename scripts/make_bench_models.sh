@@ -12,6 +12,5 @@ export_() { .venv/bin/edge-export "$1" --quant "$2" --out "$B/$3" --force "${@:4
 for q in int4 int8 fp32; do export_ models/cosmoe-default.pt "$q" "default-$q"; done
 [ -f runs/card/nobles.pt ] || { echo "runs/card/nobles.pt missing: run scripts/model_card_runs.sh first"; exit 1; }
 export_ runs/card/nobles.pt int4 nobles-int4
-# 432 = 27 x 16: the wearable shape's width takes int4 groups of 16, not 32
 .venv/bin/python scripts/random_model.py --preset wearable --tokenizer-from models/cosmoe-default.pt --out "$B/wearable.pt"
-export_ "$B/wearable.pt" int4 wearable-int4 --group-size 16 --no-verify
+export_ "$B/wearable.pt" int4 wearable-int4 --no-verify

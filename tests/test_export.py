@@ -95,7 +95,8 @@ def test_export_errors_are_one_clear_line(tmp_path, tiny_model):
         ((not_ckpt,), "not a readable cosmoe checkpoint"),
         ((tiny_model, "--quant", "int3"), "unknown --quant"),
         ((tiny_model, "--backend", "tflite"), "unknown --backend"),
-        ((tiny_model, "--group-size", "48"), "does not divide"),
+        ((tiny_model, "--group-size", "64"), "does not divide"),
+        ((tiny_model, "--group-size", "16"), "multiple of 32"),
         ((tiny_model, "--out", full), "pass --force"),
         ((tiny_model, "--out", a_file / "sub", "--backend", "onnx", "--no-verify"), "cannot write"),
     ]

@@ -1,5 +1,6 @@
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -56,10 +57,16 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_end_with_identical_weights(tmp_path, small_corpus):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
          "-m", "cosmoe.train", "--preset", "tiny", "--corpus", str(small_corpus), "--steps", "5",
          "--batch-size", "4", "--seq-len", "32", "--eval-windows", "4", "--quiet", "--out", str(tmp_path / "d.pt")],
         capture_output=True, text=True, env=env, timeout=300)
