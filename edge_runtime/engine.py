@@ -26,6 +26,11 @@ def softmax(x):
 
 def route(logits: np.ndarray, top_k: int):
     """Experts (T, k) by descending probability, and their weights renormalised over the k."""
+    if len(logits) == 1:  # decode: the same arithmetic on one row, without the batched gathers' cost
+        probs = softmax(logits[0].astype(np.float32))
+        experts = np.argsort(-probs, kind="stable")[:top_k]
+        w = probs[experts]
+        return experts[None], (w / w.sum())[None]
     probs = softmax(logits.astype(np.float32))
     experts = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
     w = np.take_along_axis(probs, experts, -1)
@@ -172,16 +177,19 @@ class Engine:
     def _experts(self, layer, x, experts, weights) -> np.ndarray:
         """sum over each token's k experts of weight * expert(x); every expert runs once on all of
         its tokens (in slices of the program's maximum), resident experts first, then by id."""
-        out = np.zeros_like(x)
         resident = self.cache.resident
+        if len(x) == 1:  # decode: one token, k distinct experts, no gathering
+            row, out = experts[0].tolist(), None
+            for slot in sorted(range(len(row)), key=lambda s: ((layer, row[s]) not in resident, row[s])):
+                key = (layer, row[slot])
+                y = np.float32(weights[0, slot]) * self.cache.get(key, pinned=frozenset({key})).run("forward", [x])[0]
+                out = y if out is None else out + y
+            return out
+        out = np.zeros_like(x)
         order = sorted({int(e) for e in experts.ravel()}, key=lambda e: ((layer, e) not in resident, e))
         for e in order:
             key = (layer, e)
             program = self.cache.get(key, pinned=frozenset({key}))
-            if len(x) == 1:  # decode: one token, no gathering
-                slot = int(np.flatnonzero(experts[0] == e)[0])
-                out += np.float32(weights[0, slot]) * program.run("forward", [x])[0]
-                continue
             rows, slots = np.nonzero(experts == e)
             for i in range(0, len(rows), self.expert_chunk):
                 r, s = rows[i:i + self.expert_chunk], slots[i:i + self.expert_chunk]

@@ -5,6 +5,7 @@ temporary folder beside `out`, renamed into place only when complete."""
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,7 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
                 progress(0, "verifying", None)
             manifest["verification"] = verify_artifact(tmp, model, tokenizer, ckpt, scheme, backends)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        ordinary_permissions(tmp)
         replace_dir(tmp, out)
         return manifest
     except BaseException:
@@ -115,6 +117,15 @@ def charge_measured_footprint(tmp: Path, manifest: dict):
         section["footprint"] = fp
         for e in section["experts"]:
             e["resident_bytes"] = max(e["resident_bytes"], math.ceil(e["bytes"] * fp["rss_per_file_byte"]))
+
+
+def ordinary_permissions(root: Path):
+    """mkdtemp makes the folder 0700 and safetensors writes 0600; an artifact is ordinary files to copy
+    and push to a phone, so give it the permissions the user's umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def replace_dir(tmp: Path, out: Path):

@@ -3,6 +3,7 @@
 #   default-int4, default-int8, default-fp32   the shipped model at each quantisation
 #   nobles-int4                                 the same model trained without BlES (scripts/model_card_runs.sh)
 #   wearable-int4                               the CoSMoE paper's wearable-scale shape, random weights
+#   llamacpp-ref-int4                           the Mixtral shape of DEVELOPERS.md's llama.cpp figure, random weights
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s setup
@@ -14,3 +15,5 @@ for q in int4 int8 fp32; do export_ models/cosmoe-default.pt "$q" "default-$q"; 
 export_ runs/card/nobles.pt int4 nobles-int4
 .venv/bin/python scripts/random_model.py --preset wearable --tokenizer-from models/cosmoe-default.pt --out "$B/wearable.pt"
 export_ "$B/wearable.pt" int4 wearable-int4 --no-verify
+.venv/bin/python scripts/random_model.py --preset llamacpp-ref --tokenizer-from models/cosmoe-default.pt --out "$B/llamacpp-ref.pt"
+export_ "$B/llamacpp-ref.pt" int4 llamacpp-ref-int4 --no-verify

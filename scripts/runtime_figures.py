@@ -47,6 +47,30 @@ def repeat(n, f, *a, **kw):
     return [f(*a, **kw) for _ in range(n)]
 
 
+def MODELS(bench: Path):
+    return (("default (11M)", bench / "default-int4", Path("models/cosmoe-default.pt")),
+            ("llama.cpp reference shape (153M, random)", bench / "llamacpp-ref-int4", bench / "llamacpp-ref.pt"),
+            ("wearable-scale (392M, random)", bench / "wearable-int4", bench / "wearable.pt"))
+
+
+def decode_profile(bench: Path) -> list[str]:
+    """Per decode step: time inside program calls against time in the Python loop around them."""
+    rows = ["| model | backend | ms/token | in program calls | Python loop | calls/token | us per layer / expert / head "
+            "call |", "|---|---|---|---|---|---|---|"]
+    for name, art, _ in MODELS(bench):
+        if not art.exists():
+            continue
+        for b in ("executorch", "onnx"):
+            out = subprocess.run([sys.executable, "scripts/decode_profile.py", str(art), b], capture_output=True,
+                                 text=True, check=True).stdout
+            p = json.loads(out.strip().splitlines()[-1])
+            us = p["us_per_call"]
+            rows.append(f"| {name} | {b} | {p['ms_per_token']:.2f} | {p['calls_ms_per_token']:.2f} ms | "
+                        f"{p['python_ms_per_token']:.2f} ms | {p['calls_per_token']:.0f} | "
+                        f"{us['layer']:.0f} / {us['expert']:.0f} / {us['head']:.0f} |")
+    return rows
+
+
 def fixed_cost() -> list[str]:
     """RSS of a process that has imported what each backend needs, before loading anything."""
     probes = {"onnx (numpy + onnxruntime + tokenizers)":
@@ -77,8 +101,7 @@ def main():
 
     lines += ["### Decode speed, all experts resident (int4), against eager PyTorch fp32 in the same run", "",
               "| model | eager fp32 tok/s | executorch tok/s (x eager) | onnx tok/s (x eager) |", "|---|---|---|---|"]
-    for name, art, model in (("default (11M)", a.bench / "default-int4", Path("models/cosmoe-default.pt")),
-                             ("wearable-scale (378M, random)", a.bench / "wearable-int4", a.bench / "wearable.pt")):
+    for name, art, model in MODELS(a.bench):
         if not art.exists():
             lines.append(f"| {name} | not built | | |")
             continue
@@ -88,6 +111,9 @@ def main():
             t = median(repeat(n, edge_run, art, b), "decode_tokens_per_s")
             cells.append(f"{t:.0f} ({t / e:.2f}x)")
         lines.append(f"| {name} | {e:.0f} | {cells[0]} | {cells[1]} |")
+
+    lines += ["", "### Where a decode step's time goes (all experts resident; `scripts/decode_profile.py`)", ""]
+    lines += decode_profile(a.bench)
 
     lines += ["", "### Budgets, cold (page cache dropped before each run), LRU, int4", "",
               "| model | backend | budget | decode tok/s | of 100% | storage read | hit rate | peak RSS |",

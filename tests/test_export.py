@@ -34,6 +34,11 @@ def test_manifest_lists_every_expert_with_size_and_checksum(fp32_artifact, tiny_
         # budgets are charged with what an expert measurably costs once loaded, never less than its file
         assert section["footprint"]["rss_per_file_byte"] > 0.5
         assert all(e["resident_bytes"] >= e["bytes"] for e in section["experts"])
+    # ordinary files a user can copy or adb push, not the 0700/0600 of mkdtemp and safetensors
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [fp32_artifact, *fp32_artifact.rglob("*")]:
+        assert p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~umask, p
 
 
 def test_fp32_export_verified_against_eager(fp32_artifact):
@@ -78,8 +83,9 @@ def test_int4_files_are_four_bit(int4_artifact, tiny_model):
         assert params / 2 < size < params / 2 + params / 32 * 4 + 12_000, (backend, size, params)
 
 
-def _run(*args, **kw):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kw)
+def _run(*args, cwd, **kw):
+    # in a scratch folder: the default --out (artifact/) must not be the repository's own
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, **kw)
 
 
 def test_export_errors_are_one_clear_line(tmp_path, tiny_model):
@@ -101,7 +107,7 @@ def test_export_errors_are_one_clear_line(tmp_path, tiny_model):
         ((tiny_model, "--out", a_file / "sub", "--backend", "onnx", "--no-verify"), "cannot write"),
     ]
     for args, message in cases:
-        r = _run(*args)
+        r = _run(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr[-500:])
         assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-500:])
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
