@@ -64,7 +64,7 @@ def add_bounds(rows, manifests, hw):
         r["fraction_of_bound"] = r["decode_tokens_per_s"] / r["bound_tokens_per_s"]
 
 
-def add_estimates(rows, manifests, hw, devices) -> dict:
+def add_estimates(rows, manifests, hw, devices):
     """Estimated decode tokens/s per device for each configuration (see bench/device.py), and the same
     formula with this machine's own figures, to check it against what was measured here."""
     from bench.device import Device, estimate_tokens_per_s
@@ -72,7 +72,6 @@ def add_estimates(rows, manifests, hw, devices) -> dict:
     full = {(r["artifact"], r["backend"]): r["decode_tokens_per_s"] for r in rows
             if r["policy"] == "lru" and r["budget"] == "all" and "decode_tokens_per_s" in r}
     here = Device("this-machine", hw["storage_gbps"], 0.0, hw["int4_gops"])
-    curves = {}
     for r in rows:
         key = (r["artifact"], r["backend"])
         if r["policy"] == "eager" or key not in full or "decode_tokens_per_s" not in r:
@@ -87,10 +86,6 @@ def add_estimates(rows, manifests, hw, devices) -> dict:
         for dev in [here, *devices]:
             est = estimate_tokens_per_s(dev, hw["int4_gops"], 1 / full[key], misses, expert, load_s)
             r[f"estimate_{dev.name}_tokens_per_s"] = est
-            if dev is not here and r["policy"] != "none" and r.get("memory_budget_bytes"):
-                frac = min(1.0, r["memory_budget_bytes"] / r["expert_bytes_total"])
-                curves.setdefault(f"{dev.name}: {r['label']}", []).append((frac, est))
-    return {k: sorted(v) for k, v in curves.items()}
 
 
 @app.command(help="Benchmark ARTIFACTs (from edge-export) across memory budgets, backends and cache policies. "
@@ -175,11 +170,12 @@ def main(
                     bar.advance(task)
             rows.append(reduce(c, reports))
     add_bounds(rows, manifests, hw)
-    curves = add_estimates(rows, manifests, hw, devices) if devices else None
+    if devices:
+        add_estimates(rows, manifests, hw, devices)
     write_results(rows, hw, out, devices)
     from bench.plots import draw
 
-    plots = draw(rows, out, f"{hw['cpu']}, {hw['cores']} cores", hw["date"], curves)
+    plots = draw(rows, out, f"{hw['cpu']}, {hw['cores']} cores", hw["date"])
     print_summary(rows, hw, devices)
     print(f"wrote {out}/results.csv, results.json and {len(plots)} plots")
 
@@ -200,8 +196,9 @@ def print_summary(rows, hw, devices):
     from rich.console import Console
     from rich.table import Table
 
+    cold = " (cold: page cache dropped before each run)" if any(r.get("cold") for r in rows) else ""
     t = Table(title=f"edge-bench on {hw['cpu']} ({hw['cores']} cores), memory {hw['memory_gbps']:.1f} GB/s, "
-                    f"storage {hw['storage_gbps']:.2f} GB/s (O_DIRECT)")
+                    f"storage {hw['storage_gbps']:.2f} GB/s (O_DIRECT){cold}")
     cols = ["configuration", "budget", "decode tok/s", "of bound", "ttft ms", "hit rate", "peak RSS MB", "read KB/tok"]
     if devices:
         cols += ["formula here tok/s"] + [f"ESTIMATE {d.name} tok/s" for d in devices]
@@ -211,7 +208,7 @@ def print_summary(rows, hw, devices):
         if "decode_tokens_per_s" not in r:
             t.add_row(r["label"], r["budget"], "failed", "", f"{r.get('error', '?')[:70]}", *[""] * (len(cols) - 5))
             continue
-        cells = [r["label"] + (" (cold)" if r["cold"] else ""), r["budget"],
+        cells = [r["label"], r["budget"],
                  f"{r['decode_tokens_per_s']:.0f} [{r['decode_tokens_per_s_min']:.0f}-{r['decode_tokens_per_s_max']:.0f}]",
                  f"{r['fraction_of_bound']:.0%}" if "fraction_of_bound" in r else "",
                  f"{r['ttft_ms']:.1f}", f"{r['expert_hit_rate']:.1%}", f"{r['peak_rss_bytes'] / 1e6:.0f}",
@@ -220,7 +217,7 @@ def print_summary(rows, hw, devices):
             cells += [f"{r[k]:.0f}" if (k := f"estimate_{d}_tokens_per_s") in r else ""
                       for d in ["this-machine"] + [d.name for d in devices]]
         t.add_row(*cells)
-    Console(width=max(150, Console().width)).print(t)
+    Console(width=max(200, Console().width)).print(t)
 
 
 if __name__ == "__main__":

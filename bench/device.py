@@ -10,6 +10,7 @@ read), and the miss figures come from the run at that budget. It is an estimate:
 device's memory pressure, thermal throttling and the phone's own runtime overheads.
 """
 
+import logging
 import mmap
 import os
 import tempfile
@@ -100,6 +101,7 @@ def int4_gops(n: int = 4096, repeats: int = 50) -> float:
     from onnx import TensorProto, helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)  # it logs each matmul at INFO
     w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32) * 0.02
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],

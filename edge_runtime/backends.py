@@ -96,6 +96,17 @@ class ExecuTorchProgram:
         self.program = None
 
 
+def import_runtime(backend: str):
+    """Import the backend's Python runtime. For executorch this imports torch: seconds, once per
+    process, a fixed cost the report keeps apart from loading the artifact."""
+    if backend == "executorch":
+        with silenced_stderr(force=True):
+            import executorch.runtime  # noqa: F401
+            import torch  # noqa: F401
+    else:
+        import onnxruntime  # noqa: F401
+
+
 def open_program(backend: str, path, methods: list[str], threads: int = 1, expert: bool = False):
     if backend == "onnx":
         return OnnxProgram(path, threads, expert)

@@ -99,6 +99,7 @@ def print_metrics(r: dict):
         ("prefill", f"{r['prefill_tokens_per_s']:.0f} tok/s"),
         ("decode", f"{r['decode_tokens_per_s']:.0f} tok/s"),
         ("token latency p50 / p95 / max", f"{lat['p50']:.2f} / {lat['p95']:.2f} / {lat['max']:.2f} ms"),
+        ("runtime import (once per process)", f"{r['runtime_import_ms']:.0f} ms"),
         ("load (backbone" + (" + every expert)" if r.get("preloaded") else ")"), f"{r['load_ms']:.0f} ms"),
         ("peak RSS (VmHWM)", mb(r["peak_rss_bytes"])),
         ("RSS after backbone load", mb(r["rss_after_load_bytes"])),

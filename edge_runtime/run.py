@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from edge_runtime.backends import import_runtime
 from edge_runtime.engine import Engine
 from edge_runtime.generate import Sampler, generate
-from edge_runtime.manifest import ArtifactError, check_file, load_manifest
+from edge_runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
 from edge_runtime.metrics import drop_page_cache, peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 
 
@@ -59,6 +60,10 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
         raise ArtifactError(f"the prompt is {len(prompt_ids)} tokens; the model's context is "
                             f"{manifest['model']['max_seq_len']}")
 
+    backend_section(manifest, backend)  # a backend the artifact lacks fails before any import
+    t = time.perf_counter_ns()
+    import_runtime(backend)
+    import_ms = (time.perf_counter_ns() - t) / 1e6
     t = time.perf_counter_ns()
     section_total = sum(e.get("resident_bytes", e["bytes"]) for e in manifest["backends"].get(backend, {})
                         .get("experts", []))
@@ -97,7 +102,7 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
         "token_latency_ms": {"p50": float(np.percentile(lat, 50)) if len(lat) else 0.0,
                              "p95": float(np.percentile(lat, 95)) if len(lat) else 0.0,
                              "max": float(lat.max()) if len(lat) else 0.0},
-        "load_ms": load_ms,
+        "load_ms": load_ms, "runtime_import_ms": import_ms,
         "peak_rss_bytes": peak_rss_bytes(), "rss_after_load_bytes": rss_after_load,
         "storage_read_bytes": storage_read_bytes() - read0,
         "memory_budget_bytes": c.budget, "expert_bytes_total": engine.expert_bytes_total,

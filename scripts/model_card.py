@@ -78,6 +78,9 @@ def main():
     if "b" in results:
         lines += [f"The default MoE {'beats' if a['eval']['ppl'] < results['b']['eval']['ppl'] else 'does not beat'} "
                   f"the FLOP-matched dense baseline ({a['eval']['ppl']:.2f} vs {results['b']['eval']['ppl']:.2f})."]
+        if "c" in results:
+            c, b = results["c"]["eval"]["ppl"], results["b"]["eval"]["ppl"]
+            lines[-1] += f" Without BlES the MoE's perplexity is {c:.2f} against the dense model's {b:.2f}."
     lines += ["", "Expert usage per layer of (a) (share of top-k slots per expert):", ""]
     lines += [f"- layer {i}: " + " ".join(f"{u:.2f}" for u in usage) for i, usage in enumerate(a["eval"]["expert_usage"])]
     lines += ["", "Greedy samples from (a) (64 new tokens):", ""]
