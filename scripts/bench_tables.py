@@ -6,10 +6,10 @@ Usage: python scripts/bench_tables.py [docs/bench] [--out docs/BENCHMARKS.md]
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 
-START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+from doc_figures import write_between_markers
+
 BUDGETS = ["all", "100%", "50%", "25%", "12.5%"]
 
 
@@ -88,9 +88,7 @@ def main():
     lines += ["", "Plots (one panel per artifact and backend; dotted lines: with prefetch; dashed grey: no cache):", ""]
     lines += [f"![{p.stem}]({rel}/{p.name})" for p in sorted(a.results.glob("*.png"))]
     body = "\n".join(lines)
-    text = a.out.read_text()
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}\n{END}", text, flags=re.S)
-    a.out.write_text(text)
+    write_between_markers(a.out, body)
     print(body)
 
 

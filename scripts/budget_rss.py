@@ -5,13 +5,12 @@ docs/RUNTIME.md. Usage: python scripts/budget_rss.py [runs/bench/wearable-int4] 
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-START, END = "<!-- budget-rss:start -->", "<!-- budget-rss:end -->"
+from doc_figures import write_between_markers
 
 
 def edge_run(artifact: Path, backend: str, budget: str, tokens: int) -> dict:
@@ -44,11 +43,7 @@ def main():
                          f"{r['peak_rss_bytes'] / 1e6:.0f} MB | {r['decode_tokens_per_s']:.0f} | "
                          f"{r['expert_hit_rate']:.0%} |")
     body = "\n".join(lines)
-    text = a.out.read_text()
-    if START not in text:
-        text += f"\n### Peak RSS against the budget, wearable scale\n{START}\n{END}\n"
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}\n{END}", text, flags=re.S)
-    a.out.write_text(text)
+    write_between_markers(a.out, body, "budget-rss", "### Peak RSS against the budget, wearable scale")
     print(body)
 
 

@@ -5,17 +5,15 @@ Usage: python scripts/export_figures.py ARTIFACT [--out docs/EXPORT.md]
 
 import argparse
 import json
-import re
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+from doc_figures import write_between_markers
 
 from edge_runtime.backends import open_program
 from edge_runtime.kv import attention_mask, rope_rows
-
-START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 
 
 def mb(n: float) -> str:
@@ -99,9 +97,7 @@ def main():
               "full context (so its perplexity is not the model card's, which averages short windows). "
               "Call times are medians of 300 calls in one process, one thread, after warm-up."]
     body = "\n".join(lines)
-    text = a.out.read_text()
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}\n{END}", text, flags=re.S)
-    a.out.write_text(text)
+    write_between_markers(a.out, body)
     print(body)
 
 

@@ -5,11 +5,11 @@ Every checkpoint is evaluated on the same held-out windows (the corpus's validat
 """
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 import torch
+from doc_figures import write_between_markers
 
 from cosmoe.checkpoint import load_model
 from cosmoe.data import encode_stream, eval_windows, find_corpus, read_documents, split_documents
@@ -21,7 +21,6 @@ from cosmoe.tokenizer import eos_id
 ROWS = [("a", "default MoE (BlES on)", "default"), ("b", "dense baseline, FLOP-matched", "dense"),
         ("c", "MoE without BlES", "nobles"), ("d", "MoE with wd experts (BlES on)", "wd")]
 PROMPTS = ["The list type is", "To open a file for reading,", "The :mod:`os` module"]
-START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 
 
 def measure(path: Path, windows: int) -> dict:
@@ -88,10 +87,8 @@ def main():
     for prompt in PROMPTS:
         ids = generate(model, tok.encode(prompt).ids, 64, eos=eos_id(tok))
         lines += ["```", prompt + tok.decode(ids), "```"]
-    text = args.out.read_text() if args.out.exists() else f"{START}\n{END}\n"
     body = "\n".join(lines)
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}\n{END}", text, flags=re.S)
-    args.out.write_text(text)
+    write_between_markers(args.out, body)
     print(body)
 
 

@@ -7,7 +7,6 @@ checkpoints for the eager baseline (models/cosmoe-default.pt, runs/bench/wearabl
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -15,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from doc_figures import write_between_markers
+
 PROMPT = "The list type is"
-START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 
 
 def edge_run(artifact, backend, budget="all", cold=False, preload=False, policy="lru", prefetch=False, tokens=128):
@@ -153,9 +153,7 @@ def main():
 
     lines += ["", "### Fixed cost of the runtime itself", ""] + fixed_cost()
     body = "\n".join(lines)
-    text = a.out.read_text()
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}\n{END}", text, flags=re.S)
-    a.out.write_text(text)
+    write_between_markers(a.out, body)
     print(body)
 
 
