@@ -113,6 +113,7 @@ class Engine:
         self.cache = ExpertCache(self.store, budget, policy, on_cache_event)
         self.prefetcher = ThreadPoolExecutor(1) if prefetch else None
         self.prefetch_issued = 0
+        self.prefetch_pending = None
         self.cos, self.sin = rope_rows(cfg["head_dim"], self.max_seq_len, cfg["rope_theta"])
         self.kv = KVCache(self.n_layers, cfg["n_kv_heads"], self.max_seq_len, cfg["head_dim"])
         self.pos = 0
@@ -199,8 +200,15 @@ class Engine:
 
     def _prefetch_next(self, layer, x):
         """Guess layer+1's experts by applying its router to this layer's expert input, and load
-        them on a background thread while this layer's experts run (mixtral-offloading's trick)."""
-        if self.prefetcher is None or layer + 1 >= self.n_layers:
+        them on a background thread while this layer's experts run (mixtral-offloading's trick).
+        A prefetch pins only the layer whose experts run beside it, so the previous one must end
+        before this layer's experts run: otherwise it could evict (and release) one in use."""
+        if self.prefetcher is None:
+            return
+        if self.prefetch_pending is not None:
+            self.prefetch_pending.result()  # also raises a failed load here, not silently
+            self.prefetch_pending = None
+        if layer + 1 >= self.n_layers:
             return
         w = self.routers[f"layer_{layer + 1}"]
         guess = np.unique(route(x @ w.T, self.top_k)[0])
@@ -215,7 +223,7 @@ class Engine:
             for key in keys:
                 self.cache.prefetch(key, pinned=current)
 
-        self.prefetcher.submit(load)
+        self.prefetch_pending = self.prefetcher.submit(load)
 
     def close(self):
         """Wait for prefetches, then release every program (a long-lived process may run many)."""

@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,23 +151,31 @@ def build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp: Path
     results = {b: {"backbone": None, "experts": []} for b in backends}
     # spawn: forked children of a process that has run torch can deadlock in its thread pools
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx, initializer=ignore_sigint)
+    try:
         futures = {pool.submit(fn, *args): args[1] for fn, args in tasks}
-        try:
-            for fut in as_completed(futures):
-                res = fut.result()
-                b = futures[fut]
-                if "files" in res:
-                    results[b]["backbone"] = res
-                else:
-                    results[b]["experts"].append(res)
-                if progress:
-                    progress(1, "exporting programs", None)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+        for fut in as_completed(futures):
+            res = fut.result()
+            b = futures[fut]
+            if "files" in res:
+                results[b]["backbone"] = res
+            else:
+                results[b]["experts"].append(res)
+            if progress:
+                progress(1, "exporting programs", None)
+    except BaseException:
+        # Ctrl-C or a failed part: stop the workers now rather than wait for their current programs
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return {b: backend_entry(b, results[b], tmp) for b in backends}
+
+
+def ignore_sigint():
+    """Workers leave Ctrl-C to the parent, which stops them and removes the partial artifact."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def backend_entry(backend: str, res: dict, tmp: Path) -> dict:
