@@ -9,8 +9,10 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.TreeSet;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -45,6 +47,7 @@ public final class Engine implements AutoCloseable {
     private final KvCache kv;
     private final ExecutorService prefetcher;
     private volatile int prefetchIssued;
+    private Future<?> prefetchPending;
     private RoutingLog routing;
     private int pos;
 
@@ -197,10 +200,18 @@ public final class Engine implements AutoCloseable {
 
     /**
      * Guesses layer+1's experts by applying its router to this layer's expert input, and loads them
-     * on a background thread while this layer's experts run (mixtral-offloading's trick).
+     * on a background thread while this layer's experts run (mixtral-offloading's trick). A prefetch
+     * pins only the layer whose experts run beside it, so the previous one must end before this
+     * layer's experts run: otherwise it could evict (and close) one in use.
      */
     private void prefetchNext(int layer, float[] x, int n) {
-        if (prefetcher == null || layer + 1 >= cfg.nLayers) {
+        if (prefetcher == null) {
+            return;
+        }
+        if (prefetchPending != null) {
+            awaitPrefetch();
+        }
+        if (layer + 1 >= cfg.nLayers) {
             return;
         }
         int d = cfg.dim;
@@ -237,7 +248,7 @@ public final class Engine implements AutoCloseable {
         for (int e = 0; e < numE; e++) {
             current.add(new ExpertKey(layer, e));
         }
-        prefetcher.submit(new Runnable() {
+        prefetchPending = prefetcher.submit(new Runnable() {
             @Override
             public void run() {
                 for (ExpertKey k : keys) {
@@ -245,6 +256,26 @@ public final class Engine implements AutoCloseable {
                 }
             }
         });
+    }
+
+    /** Waits for the prefetch in flight; a load that failed there fails here. */
+    private void awaitPrefetch() {
+        try {
+            prefetchPending.get();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        } catch (ExecutionException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof RuntimeException) {
+                throw (RuntimeException) cause;
+            }
+            if (cause instanceof Error) {
+                throw (Error) cause;
+            }
+            throw new IllegalStateException(cause);
+        } finally {
+            prefetchPending = null;
+        }
     }
 
     /** Waits for prefetches in flight, then releases every program (backbone and experts). */
