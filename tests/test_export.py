@@ -121,7 +121,13 @@ def test_interrupted_export_leaves_nothing(tmp_path, tiny_model):
     time.sleep(15)  # well into exporting programs
     assert p.poll() is None, "export finished before it could be interrupted"
     os.killpg(p.pid, signal.SIGINT)
-    p.wait(timeout=60)
-    assert p.returncode != 0
+    try:
+        _, err = p.communicate(timeout=60)  # reads stderr while waiting: a full pipe cannot block the child
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
+        pytest.fail(f"export still running 60 s after Ctrl-C; its stderr ends: {err[-2000:]}")
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted; nothing was written" in err
     assert not out.exists()
     assert not list(tmp_path.glob(".art.*")), list(tmp_path.iterdir())
