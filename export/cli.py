@@ -78,11 +78,7 @@ def main(
         except OSError as e:
             fail(f"cannot write {e.filename or out}: {e.strerror or e}")
         except KeyboardInterrupt:
-            bar.stop()
-            print(f"edge-export: error: interrupted; nothing was written to {out}", file=sys.stderr, flush=True)
-            # exit now: a pool worker interrupted while starting up can leave concurrent.futures' exit
-            # hook waiting for it forever (seen in fresh clones); the partial folder is already removed
-            os._exit(130)
+            fail(f"interrupted; nothing was written to {out}", 130)
     print_summary(manifest, out)
     failed = [b for b, r in manifest.get("verification", {}).items() if not r["passed"]]
     if failed:

@@ -116,8 +116,11 @@ def test_export_errors_are_one_clear_line(tmp_path, tiny_model):
 
 def test_interrupted_export_leaves_nothing(tmp_path, tiny_model):
     out = tmp_path / "art"
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &`) inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt
     p = subprocess.Popen([*CLI, str(tiny_model), "--out", str(out), "--jobs", "1"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(15)  # well into exporting programs
     assert p.poll() is None, "export finished before it could be interrupted"
     os.killpg(p.pid, signal.SIGINT)
