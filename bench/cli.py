@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from bench.runs import Config, matrix, reduce, run_once
+from bench.runs import Config, all_resident, matrix, reduce, run_once
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 DEFAULT_PROMPTS = ["The list type is"]
@@ -69,8 +69,7 @@ def add_estimates(rows, manifests, hw, devices):
     formula with this machine's own figures, to check it against what was measured here."""
     from bench.device import Device, estimate_tokens_per_s
 
-    full = {(r["artifact"], r["backend"]): r["decode_tokens_per_s"] for r in rows
-            if r["policy"] == "lru" and r["budget"] == "all" and "decode_tokens_per_s" in r}
+    full = {k: r["decode_tokens_per_s"] for k, r in all_resident(rows).items()}
     here = Device("this-machine", hw["storage_gbps"], 0.0, hw["int4_gops"])
     for r in rows:
         key = (r["artifact"], r["backend"])

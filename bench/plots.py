@@ -5,6 +5,8 @@ The device estimates get a figure of their own, labelled as estimates."""
 from collections import defaultdict
 from pathlib import Path
 
+from bench.runs import all_resident
+
 STYLES = {"lru": ("tab:blue", "-"), "lru+prefetch": ("tab:blue", ":"), "lfu": ("tab:orange", "-"),
           "lfu+prefetch": ("tab:orange", ":")}
 DEVICE_COLORS = ["tab:red", "tab:purple", "tab:green", "tab:brown"]
@@ -76,8 +78,7 @@ def draw(rows, out_dir: Path, machine: str, date: str) -> list[Path]:
     if not grid:
         return []
     floor = no_cache(rows)
-    full = {(Path(r["artifact"]).name, r["backend"]): r["decode_tokens_per_s"] for r in rows
-            if r["policy"] == "lru" and r["budget"] == "all" and "decode_tokens_per_s" in r}
+    full = {(Path(a).name, b): r["decode_tokens_per_s"] for (a, b), r in all_resident(rows).items()}
     charts = [
         ("decode_ratio.png", "decode tokens/s / all resident",
          lambda key, r: r["decode_tokens_per_s"] / full.get(key, float("nan"))),

@@ -87,3 +87,10 @@ def reduce(c: Config, reports: list[dict]) -> dict:
     row["text"] = ok[0].get("text", "")
     row["processes"] = [r.get("process") for r in ok]
     return row
+
+
+def all_resident(rows) -> dict:
+    """{(artifact, backend): row} of the upper-bound runs (every expert resident, LRU), the
+    reference that ratios and device estimates are taken against."""
+    return {(r["artifact"], r["backend"]): r for r in rows
+            if r["policy"] == "lru" and r["budget"] == "all" and "decode_tokens_per_s" in r}

@@ -60,14 +60,12 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
         raise ArtifactError(f"the prompt is {len(prompt_ids)} tokens; the model's context is "
                             f"{manifest['model']['max_seq_len']}")
 
-    backend_section(manifest, backend)  # a backend the artifact lacks fails before any import
+    section = backend_section(manifest, backend)  # a backend the artifact lacks fails before any import
     t = time.perf_counter_ns()
     import_runtime(backend)
     import_ms = (time.perf_counter_ns() - t) / 1e6
     t = time.perf_counter_ns()
-    section_total = sum(e.get("resident_bytes", e["bytes"]) for e in manifest["backends"].get(backend, {})
-                        .get("experts", []))
-    budget = parse_budget(memory_budget, section_total)
+    budget = parse_budget(memory_budget, sum(e.get("resident_bytes", e["bytes"]) for e in section["experts"]))
     engine = Engine(artifact, backend, budget, cache_policy, verify, prefetch, threads, on_cache_event=on_cache_event)
     if preload:
         engine.preload()
