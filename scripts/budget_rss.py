@@ -16,7 +16,7 @@ from doc_figures import write_between_markers
 def edge_run(artifact: Path, backend: str, budget: str, tokens: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         rep = Path(d) / "r.json"
-        subprocess.run([sys.executable, "-m", "edge_runtime.cli", str(artifact), "--prompt", "The list type is",
+        subprocess.run([sys.executable, "-m", "cosmoe_edge.runtime.cli", str(artifact), "--prompt", "The list type is",
                         "--backend", backend, "--memory-budget", budget, "--max-new-tokens", str(tokens),
                         "--report", str(rep), "--quiet", "--no-verify"], check=True, stdout=subprocess.DEVNULL)
         return json.loads(rep.read_text())

@@ -10,8 +10,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from edge_runtime import backends
-from edge_runtime.engine import Engine
+from cosmoe_edge.runtime import backends
+from cosmoe_edge.runtime.engine import Engine
 
 PROMPT_IDS = list(range(10, 30))
 

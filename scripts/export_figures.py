@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from doc_figures import write_between_markers
 
-from edge_runtime.backends import open_program
-from edge_runtime.kv import attention_mask, rope_rows
+from cosmoe_edge.runtime.backends import open_program
+from cosmoe_edge.runtime.kv import attention_mask, rope_rows
 
 
 def mb(n: float) -> str:

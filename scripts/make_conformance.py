@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from edge_runtime.engine import Engine, route
-from edge_runtime.generate import Sampler, generate
-from edge_runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
+from cosmoe_edge.runtime.engine import Engine, route
+from cosmoe_edge.runtime.generate import Sampler, generate
+from cosmoe_edge.runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
 
 PROMPT = "The dictionary type is"
 NEW_TOKENS = 32

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from doc_figures import write_between_markers
 
-from cosmoe.checkpoint import load_model
-from cosmoe.data import encode_stream, eval_windows, find_corpus, read_documents, split_documents
-from cosmoe.evaluate import evaluate
-from cosmoe.generate import generate
-from cosmoe.model import param_summary
-from cosmoe.tokenizer import eos_id
+from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.model.data import encode_stream, eval_windows, find_corpus, read_documents, split_documents
+from cosmoe_edge.model.evaluate import evaluate
+from cosmoe_edge.model.generate import generate
+from cosmoe_edge.model.model import param_summary
+from cosmoe_edge.model.tokenizer import eos_id
 
 ROWS = [("a", "default MoE (BlES on)", "default"), ("b", "dense baseline, FLOP-matched", "dense"),
         ("c", "MoE without BlES", "nobles"), ("d", "MoE with wd experts (BlES on)", "wd")]

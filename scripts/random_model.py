@@ -9,9 +9,9 @@ import argparse
 
 import torch
 
-from cosmoe.checkpoint import load_checkpoint, save_checkpoint
-from cosmoe.config import PRESETS
-from cosmoe.model import CoSMoE, format_summary, param_summary
+from cosmoe_edge.model.checkpoint import load_checkpoint, save_checkpoint
+from cosmoe_edge.model.config import PRESETS
+from cosmoe_edge.model.model import CoSMoE, format_summary, param_summary
 
 
 def main():

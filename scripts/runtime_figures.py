@@ -22,7 +22,7 @@ PROMPT = "The list type is"
 def edge_run(artifact, backend, budget="all", cold=False, preload=False, policy="lru", prefetch=False, tokens=128):
     with tempfile.TemporaryDirectory() as d:
         rep = Path(d) / "r.json"
-        cmd = [sys.executable, "-m", "edge_runtime.cli", str(artifact), "--prompt", PROMPT, "--backend", backend,
+        cmd = [sys.executable, "-m", "cosmoe_edge.runtime.cli", str(artifact), "--prompt", PROMPT, "--backend", backend,
                "--memory-budget", budget, "--cache-policy", policy, "--max-new-tokens", str(tokens),
                "--report", str(rep), "--quiet", "--prefetch" if prefetch else "--no-prefetch"]
         cmd += ["--cold"] if cold else []
@@ -34,7 +34,7 @@ def edge_run(artifact, backend, budget="all", cold=False, preload=False, policy=
 def eager(model, tokens=128):
     with tempfile.TemporaryDirectory() as d:
         rep = Path(d) / "r.json"
-        subprocess.run([sys.executable, "-m", "bench.eager", str(model), "--prompt", PROMPT, "--max-new-tokens",
+        subprocess.run([sys.executable, "-m", "cosmoe_edge.bench.eager", str(model), "--prompt", PROMPT, "--max-new-tokens",
                         str(tokens), "--report", str(rep)], check=True, stdout=subprocess.DEVNULL)
         return json.loads(rep.read_text())
 
@@ -74,13 +74,13 @@ def decode_profile(bench: Path) -> list[str]:
 def fixed_cost() -> list[str]:
     """RSS of a process that has imported what each backend needs, before loading anything."""
     probes = {"onnx (numpy + onnxruntime + tokenizers)":
-              "import numpy, onnxruntime, tokenizers, edge_runtime.engine",
+              "import numpy, onnxruntime, tokenizers, cosmoe_edge.runtime.engine",
               "executorch (+ torch, executorch.runtime)":
-              "import edge_runtime.engine; from edge_runtime.backends import silenced_stderr\n"
+              "import cosmoe_edge.runtime.engine; from cosmoe_edge.runtime.backends import silenced_stderr\n"
               "with silenced_stderr(force=True):\n    import torch, executorch.runtime"}
     rows = ["| backend | RSS after imports |", "|---|---|"]
     for name, code in probes.items():
-        out = subprocess.run([sys.executable, "-c", code + "\nfrom edge_runtime.metrics import rss_bytes\n"
+        out = subprocess.run([sys.executable, "-c", code + "\nfrom cosmoe_edge.runtime.metrics import rss_bytes\n"
                               "print(rss_bytes())"], capture_output=True, text=True, check=True).stdout
         rows.append(f"| {name} | {int(out.split()[-1]) / 1e6:.0f} MB |")
     return rows

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from cosmoe.checkpoint import build_model, load_checkpoint, save_checkpoint
+from cosmoe_edge.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 
 def main(src: str, dst: str):

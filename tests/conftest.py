@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosmoe.config import PRESETS, ModelConfig
-from cosmoe.data import find_corpus
+from cosmoe_edge.model.config import PRESETS, ModelConfig
+from cosmoe_edge.model.data import find_corpus
 
 
 def tiny_config(**kw) -> ModelConfig:
@@ -30,7 +30,7 @@ def _deterministic():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, small_corpus) -> Path:
     """A tiny CoSMoE trained for a few steps on real text, so its routing is not arbitrary."""
-    from cosmoe.train import TrainOptions, run
+    from cosmoe_edge.model.train import TrainOptions, run
 
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     run(tiny_config(bles_weight=0.5), TrainOptions(steps=40, batch_size=8, seq_len=64, eval_every=1000,
@@ -40,7 +40,7 @@ def tiny_model(tmp_path_factory, small_corpus) -> Path:
 
 
 def _export(tmp_path_factory, model: Path, scheme: str) -> Path:
-    from export.artifact import export_artifact
+    from cosmoe_edge.export.artifact import export_artifact
 
     out = tmp_path_factory.mktemp(f"artifact_{scheme}") / "artifact"
     export_artifact(model, out, scheme, 32, ["executorch", "onnx"], jobs=2, verify=True)

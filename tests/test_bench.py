@@ -6,7 +6,7 @@ import sys
 
 def test_bench_writes_schema_records_failures_and_isolates_runs(int4_artifact, tiny_model, tmp_path):
     out = tmp_path / "bench"
-    r = subprocess.run([sys.executable, "-m", "bench.cli", str(int4_artifact), "--budgets", "50%,1KB",
+    r = subprocess.run([sys.executable, "-m", "cosmoe_edge.bench.cli", str(int4_artifact), "--budgets", "50%,1KB",
                         "--backends", "onnx", "--policies", "lru", "--max-new-tokens", "8", "--repeats", "2",
                         "--out", str(out), "--model", str(tiny_model), "--estimate", "phone-ufs3"],
                        capture_output=True, text=True, timeout=600)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cosmoe.checkpoint import load_model
-from edge_runtime.backends import open_program
-from edge_runtime.manifest import sha256_file
+from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.runtime.backends import open_program
+from cosmoe_edge.runtime.manifest import sha256_file
 
-CLI = [sys.executable, "-m", "export.cli"]
+CLI = [sys.executable, "-m", "cosmoe_edge.export.cli"]
 
 
 def manifest(artifact):

@@ -1,6 +1,6 @@
 import torch
 
-from cosmoe.losses import bles_distribution, bles_loss, load_balance_loss, switch_rate
+from cosmoe_edge.model.losses import bles_distribution, bles_loss, load_balance_loss, switch_rate
 
 
 def test_switch_rate_counts_new_experts_per_slot():

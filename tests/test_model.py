@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cosmoe.model import CoSMoE, param_summary, route
+from cosmoe_edge.model.model import CoSMoE, param_summary, route
 from tests.conftest import tiny_config
 
 VARIANTS = {

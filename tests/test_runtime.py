@@ -6,12 +6,12 @@ import sys
 import numpy as np
 import pytest
 
-from cosmoe.checkpoint import load_model
-from cosmoe.generate import generate as eager_generate
-from edge_runtime.engine import Engine
-from edge_runtime.generate import Sampler, generate
-from edge_runtime.manifest import ArtifactError
-from edge_runtime.run import run
+from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.model.generate import generate as eager_generate
+from cosmoe_edge.runtime.engine import Engine
+from cosmoe_edge.runtime.generate import Sampler, generate
+from cosmoe_edge.runtime.manifest import ArtifactError
+from cosmoe_edge.runtime.run import run
 
 PROMPT = "The list type is"
 BACKENDS = ["executorch", "onnx"]
@@ -98,7 +98,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(int4_artifact):
 
 
 def edge_run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cosmoe_edge.runtime.cli", *map(str, args)], capture_output=True,
                           text=True, env=env)
 
 
@@ -203,7 +203,7 @@ def test_peak_rss_within_backbone_plus_budget_plus_overhead(int4_artifact, tmp_p
 
 
 def test_eviction_returns_memory_to_the_os(int4_artifact):
-    from edge_runtime.footprint import measure
+    from cosmoe_edge.runtime.footprint import measure
 
     for backend in BACKENDS:
         fp = measure(int4_artifact, backend)

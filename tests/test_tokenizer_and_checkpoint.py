@@ -4,10 +4,10 @@ import sys
 import pytest
 import torch
 
-from cosmoe.checkpoint import CheckpointError, build_model, load_checkpoint, load_model, save_checkpoint
-from cosmoe.data import read_documents, split_documents
-from cosmoe.model import CoSMoE
-from cosmoe.tokenizer import train_tokenizer
+from cosmoe_edge.model.checkpoint import CheckpointError, build_model, load_checkpoint, load_model, save_checkpoint
+from cosmoe_edge.model.data import read_documents, split_documents
+from cosmoe_edge.model.model import CoSMoE
+from cosmoe_edge.model.tokenizer import train_tokenizer
 from tests.conftest import tiny_config
 
 
@@ -79,7 +79,7 @@ def test_truncated_checkpoint_cli_error_is_one_line(tmp_path, tok):
     save_checkpoint(good, CoSMoE(tiny_config()), tok.to_str(), {})
     bad = tmp_path / "trunc.pt"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    r = subprocess.run([sys.executable, "-m", "cosmoe.generate", str(bad), "--prompt", "hi"],
+    r = subprocess.run([sys.executable, "-m", "cosmoe_edge.model.generate", str(bad), "--prompt", "hi"],
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "not a readable cosmoe checkpoint" in r.stderr

@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from cosmoe.checkpoint import load_checkpoint
-from cosmoe.train import TrainOptions, run
+from cosmoe_edge.model.checkpoint import load_checkpoint
+from cosmoe_edge.model.train import TrainOptions, run
 from tests.conftest import tiny_config
 
 FAST = dict(batch_size=8, seq_len=64, eval_windows=8, warmup=10)
@@ -44,7 +44,7 @@ def test_resume_continues_exactly(tmp_path, small_corpus):
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "cosmoe.train", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "cosmoe_edge.model.train", *args], capture_output=True, text=True, **kw)
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
@@ -67,7 +67,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path, small_corpus):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-         "-m", "cosmoe.train", "--preset", "tiny", "--corpus", str(small_corpus), "--steps", "5",
+         "-m", "cosmoe_edge.model.train", "--preset", "tiny", "--corpus", str(small_corpus), "--steps", "5",
          "--batch-size", "4", "--seq-len", "32", "--eval-windows", "4", "--quiet", "--out", str(tmp_path / "d.pt")],
         capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

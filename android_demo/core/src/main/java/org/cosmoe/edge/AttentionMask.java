@@ -3,7 +3,7 @@ package org.cosmoe.edge;
 import java.util.Arrays;
 
 /**
- * The additive mask a layer program takes (edge_runtime/kv.py attention_mask): (rep*n, P+n) with
+ * The additive mask a layer program takes (cosmoe_edge/runtime/kv.py attention_mask): (rep*n, P+n) with
  * P = max(pos0, 1) past columns. The past columns before pos0 are visible to every new token (the
  * dummy column when pos0 = 0 is not), the last n columns are causal among the new tokens (0 where
  * column <= token, -inf above). Rows: repeat-major, then token.

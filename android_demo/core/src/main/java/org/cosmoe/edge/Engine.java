@@ -16,7 +16,7 @@ import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
 /**
- * The decode loop over an artifact (edge_runtime/engine.py Engine). Per layer l, for the T tokens
+ * The decode loop over an artifact (cosmoe_edge/runtime/engine.py Engine). Per layer l, for the T tokens
  * of a step at positions pos0..pos0+T-1: h, x, logits, k, v = layer_l(h, cos, sin, k_past_l,
  * v_past_l, mask), where k_past_l, v_past_l are the first max(pos0, 1) rows of the layer's
  * position-major cache (see {@link KvCache}, {@link AttentionMask}); store k, v (T, n_kv_heads,

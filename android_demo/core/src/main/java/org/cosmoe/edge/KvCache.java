@@ -2,7 +2,7 @@ package org.cosmoe.edge;
 
 /**
  * Per layer, keys and values (max_seq_len, n_kv_heads, head_dim) that the runtime owns
- * (edge_runtime/kv.py KVCache). Position-major, so the filled prefix a layer program reads is one
+ * (cosmoe_edge/runtime/kv.py KVCache). Position-major, so the filled prefix a layer program reads is one
  * contiguous block at the start of the buffer: {@link #pastKeys}/{@link #pastValues} hand it over
  * as a view, without a copy. Stale rows need no clearing: a layer program only sees rows before
  * pos0 (and, when pos0 = 0, row 0 as a dummy the mask hides).

@@ -24,7 +24,7 @@ import java.util.Collections;
 import java.util.List;
 
 /**
- * artifact/manifest.json, read and checked exactly as edge_runtime/manifest.py does: the same
+ * artifact/manifest.json, read and checked exactly as cosmoe_edge/runtime/manifest.py does: the same
  * checks in the same order, the same error kinds and messages.
  */
 public final class Manifest {

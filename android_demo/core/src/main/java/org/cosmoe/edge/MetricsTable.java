@@ -4,7 +4,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 
-/** The metrics panel: the rows edge-run prints (edge_runtime/cli.py print_metrics), as text. */
+/** The metrics panel: the rows edge-run prints (cosmoe_edge/runtime/cli.py print_metrics), as text. */
 public final class MetricsTable {
     private MetricsTable() {
     }

@@ -9,7 +9,7 @@ import java.nio.file.Files;
 import java.nio.file.Paths;
 
 /**
- * What the OS says about this process (edge_runtime/metrics.py): VmRSS and VmHWM from
+ * What the OS says about this process (cosmoe_edge/runtime/metrics.py): VmRSS and VmHWM from
  * /proc/self/status, storage reads from /proc/self/io. -1 where the kernel does not let us read.
  */
 public final class ProcStats {

@@ -1,7 +1,7 @@
 package org.cosmoe.edge;
 
 /**
- * The rotate-half RoPE table of edge_runtime/kv.py rope_rows: angles in float64, cos and sin
+ * The rotate-half RoPE table of cosmoe_edge/runtime/kv.py rope_rows: angles in float64, cos and sin
  * rounded to float32, the half-width rows repeated to head_dim.
  */
 public final class Rope {

@@ -21,7 +21,7 @@ import java.util.regex.Pattern;
 
 /**
  * The byte-level BPE tokenizer of a tokenizer.json written by the HF tokenizers library (what
- * cosmoe/tokenizer.py trains): added tokens such as <|endoftext|> split out first, the ByteLevel
+ * cosmoe_edge/model/tokenizer.py trains): added tokens such as <|endoftext|> split out first, the ByteLevel
  * pre-tokenizer (GPT-2 regex, bytes mapped to printable characters), merges applied by rank;
  * decoding skips special tokens and maps the characters back to bytes.
  */

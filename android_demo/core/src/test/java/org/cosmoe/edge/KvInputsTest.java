@@ -11,7 +11,7 @@ import java.nio.ByteOrder;
 
 /**
  * RoPE rows, the attention mask, and the KV cache's past rows and write, against values
- * edge_runtime/kv.py computes (rope_rows, attention_mask, KVCache.past/write).
+ * cosmoe_edge/runtime/kv.py computes (rope_rows, attention_mask, KVCache.past/write).
  */
 public class KvInputsTest {
     private static final int ZERO = Float.floatToIntBits(0f);

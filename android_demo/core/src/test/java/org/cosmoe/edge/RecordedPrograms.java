@@ -10,7 +10,7 @@ import java.util.regex.Pattern;
  * A {@link ProgramLoader} whose programs follow a script instead of running a model: layer
  * programs return the script's router logits (h and x passed through, k and v (T, n_kv_heads,
  * head_dim) rows distinct per layer, position and token), the head returns the script's logits,
- * experts return zeros. Every call is checked against the calling convention (export/artifact.py
+ * experts return zeros. Every call is checked against the calling convention (cosmoe_edge/export/artifact.py
  * CALLING_CONVENTION): shapes, the mask's values, and k_past, v_past (P = max(pos0, 1) rows) being
  * exactly the k, v this layer returned for positions before pos0. The calls are logged.
  */

@@ -21,7 +21,7 @@ public class SafeTensorsTest {
     @Rule
     public TemporaryFolder tmp = new TemporaryFolder();
 
-    /** An int8 (3, 2) 'weight' and an F32 (3,) 'scale', as export/quantize.py writes them. */
+    /** An int8 (3, 2) 'weight' and an F32 (3,) 'scale', as cosmoe_edge/export/quantize.py writes them. */
     private static byte[] int8Embedding() {
         String header = "{\"scale\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
                 + "\"weight\":{\"dtype\":\"I8\",\"shape\":[3,2],\"data_offsets\":[12,18]},"

@@ -5,7 +5,7 @@ The device estimates get a figure of their own, labelled as estimates."""
 from collections import defaultdict
 from pathlib import Path
 
-from bench.runs import all_resident
+from cosmoe_edge.bench.runs import all_resident
 
 STYLES = {"lru": ("tab:blue", "-"), "lru+prefetch": ("tab:blue", ":"), "lfu": ("tab:orange", "-"),
           "lfu+prefetch": ("tab:orange", ":")}

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cosmoe.config import ModelConfig
+from cosmoe_edge.model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):

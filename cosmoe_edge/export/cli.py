@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edge_runtime.manifest import BACKENDS
+from cosmoe_edge.runtime.manifest import BACKENDS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -39,7 +39,7 @@ def main(
     verify: Annotated[bool, typer.Option(help="Compare the written artifact with the eager model.")] = True,
     jobs: Annotated[int, typer.Option(help="Worker processes exporting experts in parallel.")] = os.cpu_count() or 1,
 ):
-    from export.quantize import SCHEMES
+    from cosmoe_edge.export.quantize import SCHEMES
 
     if quant not in SCHEMES:
         fail(f"unknown --quant {quant!r}; choose one of {', '.join(SCHEMES)}")
@@ -56,11 +56,11 @@ def main(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cosmoe.checkpoint import CheckpointError
-    from edge_runtime.manifest import ArtifactError
-    from export.artifact import ExportError, export_artifact
-    from export.build import quiet
-    from export.quantize import QuantError
+    from cosmoe_edge.export.artifact import ExportError, export_artifact
+    from cosmoe_edge.export.build import quiet
+    from cosmoe_edge.export.quantize import QuantError
+    from cosmoe_edge.model.checkpoint import CheckpointError
+    from cosmoe_edge.runtime.manifest import ArtifactError
 
     quiet()
     console = Console(stderr=True)

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import torch
 
-from cosmoe.generate import generate as eager_generate
-from edge_runtime.engine import Engine
-from edge_runtime.generate import Sampler, generate
+from cosmoe_edge.model.generate import generate as eager_generate
+from cosmoe_edge.runtime.engine import Engine
+from cosmoe_edge.runtime.generate import Sampler, generate
 
 PROMPTS = ["The list type is", "To read a file, use", "def main():\n    "]
 NEW_TOKENS = 32
@@ -25,7 +25,7 @@ def heldout_windows(tokenizer, ckpt: dict) -> list[list[int]]:
     """Held-out token windows: the validation text the checkpoint carries, else the corpus's split."""
     text = ckpt["meta"].get("val_text")
     if not text:
-        from cosmoe.data import find_corpus, read_documents, split_documents
+        from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
 
         text = "\n".join(split_documents(read_documents(find_corpus()))[1])
     ids = tokenizer.encode(text).ids

@@ -3,7 +3,7 @@ are not it (XNNPACK and onnxruntime repack weights; ExecuTorch plans activation 
 runs this in a fresh process and charges each expert its measured share in the manifest, so memory
 budgets hold for RSS, not just for file sizes.
 
-Usage: python -m edge_runtime.footprint ARTIFACT BACKEND   (prints JSON)
+Usage: python -m cosmoe_edge.runtime.footprint ARTIFACT BACKEND   (prints JSON)
 """
 
 import gc
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.backends import open_program
-from edge_runtime.manifest import backend_section, check_file, load_manifest
-from edge_runtime.metrics import release_heap, rss_bytes
+from cosmoe_edge.runtime.backends import open_program
+from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
+from cosmoe_edge.runtime.metrics import release_heap, rss_bytes
 
 
 def measure(artifact: Path, backend: str) -> dict:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from edge_runtime.backends import open_program
-from edge_runtime.experts import ExpertCache, ExpertStore
-from edge_runtime.kv import KVCache, attention_mask, rope_rows
-from edge_runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
+from cosmoe_edge.runtime.backends import open_program
+from cosmoe_edge.runtime.experts import ExpertCache, ExpertStore
+from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
+from cosmoe_edge.runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
 
 
 def softmax(x):
@@ -79,7 +79,7 @@ class Engine:
         self.rep = cfg["n_heads"] // cfg["n_kv_heads"]
         self.trace = trace
         if backend == "executorch":
-            from edge_runtime.backends import silenced_stderr
+            from cosmoe_edge.runtime.backends import silenced_stderr
 
             with silenced_stderr(force=True):  # creating or resetting the pool logs to stderr
                 from executorch.extension.pybindings.portable_lib import (

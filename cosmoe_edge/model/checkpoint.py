@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from cosmoe.config import ModelConfig
-from cosmoe.model import CoSMoE
-from cosmoe.tokenizer import load_tokenizer
+from cosmoe_edge.model.config import ModelConfig
+from cosmoe_edge.model.model import CoSMoE
+from cosmoe_edge.model.tokenizer import load_tokenizer
 
 REQUIRED_KEYS = ("config", "state_dict", "tokenizer", "meta")
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from bench.runs import Config, all_resident, matrix, reduce, run_once
+from cosmoe_edge.bench.runs import Config, all_resident, matrix, reduce, run_once
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 DEFAULT_PROMPTS = ["The list type is"]
@@ -67,7 +67,7 @@ def add_bounds(rows, manifests, hw):
 def add_estimates(rows, manifests, hw, devices):
     """Estimated decode tokens/s per device for each configuration (see bench/device.py), and the same
     formula with this machine's own figures, to check it against what was measured here."""
-    from bench.device import Device, estimate_tokens_per_s
+    from cosmoe_edge.bench.device import Device, estimate_tokens_per_s
 
     full = {k: r["decode_tokens_per_s"] for k, r in all_resident(rows).items()}
     here = Device("this-machine", hw["storage_gbps"], 0.0, hw["int4_gops"])
@@ -110,8 +110,8 @@ def main(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.device import load_profile, memory_bandwidth_gbps, storage_read_gbps
-    from edge_runtime.manifest import BACKENDS, ArtifactError, load_manifest
+    from cosmoe_edge.bench.device import load_profile, memory_bandwidth_gbps, storage_read_gbps
+    from cosmoe_edge.runtime.manifest import BACKENDS, ArtifactError, load_manifest
 
     manifests = {}
     for a in artifacts:
@@ -152,7 +152,7 @@ def main(
     hw["memory_gbps"] = memory_bandwidth_gbps()
     hw["storage_gbps"] = storage_read_gbps(directory=str(out))
     if devices:
-        from bench.device import int4_gops
+        from cosmoe_edge.bench.device import int4_gops
 
         hw["int4_gops"] = int4_gops()
     rows = []
@@ -172,7 +172,7 @@ def main(
     if devices:
         add_estimates(rows, manifests, hw, devices)
     write_results(rows, hw, out, devices)
-    from bench.plots import draw
+    from cosmoe_edge.bench.plots import draw
 
     plots = draw(rows, out, f"{hw['cpu']}, {hw['cores']} cores", hw["date"])
     print_summary(rows, hw, devices)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
-from cosmoe.checkpoint import load_model
-from export.programs import HeadProgram, LayerProgram, linears_to_matmul
-from export.quantize import count_ops, quantize_linears
+from cosmoe_edge.export.programs import HeadProgram, LayerProgram, linears_to_matmul
+from cosmoe_edge.export.quantize import count_ops, quantize_linears
+from cosmoe_edge.model.checkpoint import load_model
 
 LAYER_MAX_TOKENS = 64  # prefill chunk: the most tokens one backbone call takes
 EXPERT_MAX_TOKENS = 32  # ExecuTorch plans activation memory for the maximum: keep it small
@@ -88,7 +88,7 @@ def build_backbone(ckpt_path: str, backend: str, scheme: str, group_size: int, o
     out_dir = Path(out_dir)
     head_example = (torch.randn(4, cfg.dim),)
     if backend == "executorch":
-        from export.to_executorch import lower
+        from cosmoe_edge.export.to_executorch import lower
 
         methods = {name: (mod, head_example if name == "head" else layer_example(cfg),
                           token_dim(LAYER_MAX_TOKENS) if name == "head" else layer_dynamic_shapes(cfg))
@@ -102,7 +102,7 @@ def build_backbone(ckpt_path: str, backend: str, scheme: str, group_size: int, o
 
     import onnx
 
-    from export.to_onnx import quantize, to_onnx
+    from cosmoe_edge.export.to_onnx import quantize, to_onnx
 
     files, part_paths, nbits = [], {}, {}
     for name, mod, expected in parts:
@@ -131,7 +131,7 @@ def build_expert(ckpt_path: str, backend: str, scheme: str, group_size: int, out
     name = f"l{layer:02d}_e{expert:02d}"
     n_linear = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear))
     if backend == "executorch":
-        from export.to_executorch import lower
+        from cosmoe_edge.export.to_executorch import lower
 
         quantize_linears(module, scheme, group_size)
         data, report = lower({"forward": (module, example, token_dim(EXPERT_MAX_TOKENS))})
@@ -143,7 +143,7 @@ def build_expert(ckpt_path: str, backend: str, scheme: str, group_size: int, out
 
     import onnx
 
-    from export.to_onnx import quantize, to_onnx
+    from cosmoe_edge.export.to_onnx import quantize, to_onnx
 
     if scheme != "fp32":
         linears_to_matmul(module)

@@ -1,5 +1,5 @@
 """The eager PyTorch fp32 baseline, measured like edge-run and reporting the same keys.
-Usage: python -m bench.eager MODEL.pt --prompt TEXT [--max-new-tokens N] [--report FILE] [--threads 1]"""
+Usage: python -m cosmoe_edge.bench.eager MODEL.pt --prompt TEXT [--max-new-tokens N] [--report FILE] [--threads 1]"""
 
 import argparse
 import json
@@ -8,10 +8,10 @@ import time
 import numpy as np
 import torch
 
-from cosmoe.checkpoint import load_model
-from cosmoe.generate import generate
-from cosmoe.tokenizer import eos_id
-from edge_runtime.metrics import peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
+from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.model.generate import generate
+from cosmoe_edge.model.tokenizer import eos_id
+from cosmoe_edge.runtime.metrics import peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 
 
 def main():

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edge_runtime.manifest import BACKENDS, ArtifactError
+from cosmoe_edge.runtime.manifest import BACKENDS, ArtifactError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -60,7 +60,7 @@ def main(
     preload: Annotated[bool, typer.Option("--preload", help="Load every expert before the prompt (no lazy "
                                                             "loading), for comparison; load_ms includes it.")] = False,
 ):
-    from edge_runtime.run import run
+    from cosmoe_edge.runtime.run import run
 
     if backend not in BACKENDS:
         fail(f"unknown --backend {backend!r}; choose {' or '.join(BACKENDS)}")

@@ -7,7 +7,7 @@ from contextlib import redirect_stdout
 
 import torch
 
-from export.quantize import count_ops, onnx_quantize
+from cosmoe_edge.export.quantize import count_ops, onnx_quantize
 
 
 def to_onnx(module, example, input_names, output_names, dynamic_shapes):

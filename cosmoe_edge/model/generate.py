@@ -7,8 +7,8 @@ from typing import Annotated
 import torch
 import typer
 
-from cosmoe.checkpoint import CheckpointError, load_model
-from cosmoe.tokenizer import eos_id
+from cosmoe_edge.model.checkpoint import CheckpointError, load_model
+from cosmoe_edge.model.tokenizer import eos_id
 
 
 def sample(logits, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None) -> int:

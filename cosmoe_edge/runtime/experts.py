@@ -11,9 +11,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from edge_runtime.backends import open_program
-from edge_runtime.manifest import ArtifactError, check_file
-from edge_runtime.metrics import release_heap
+from cosmoe_edge.runtime.backends import open_program
+from cosmoe_edge.runtime.manifest import ArtifactError, check_file
+from cosmoe_edge.runtime.metrics import release_heap
 
 
 class ExpertStore:

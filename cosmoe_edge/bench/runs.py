@@ -50,10 +50,10 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None) -> 
     with tempfile.TemporaryDirectory() as d:
         report = Path(d) / "r.json"
         if c.policy == "eager":
-            cmd = [sys.executable, "-m", "bench.eager", model, "--prompt", prompt, "--max-new-tokens",
+            cmd = [sys.executable, "-m", "cosmoe_edge.bench.eager", model, "--prompt", prompt, "--max-new-tokens",
                    str(max_new_tokens), "--report", str(report)]
         else:
-            cmd = [sys.executable, "-m", "edge_runtime.cli", c.artifact, "--prompt", prompt, "--max-new-tokens",
+            cmd = [sys.executable, "-m", "cosmoe_edge.runtime.cli", c.artifact, "--prompt", prompt, "--max-new-tokens",
                    str(max_new_tokens), "--backend", c.backend, "--memory-budget", c.budget, "--cache-policy",
                    c.policy, "--prefetch" if c.prefetch else "--no-prefetch", "--report", str(report), "--quiet"]
             if c.cold:

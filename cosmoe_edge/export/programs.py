@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
-from cosmoe.model import MoE, RMSNorm
+from cosmoe_edge.model.model import MoE, RMSNorm
 
 
 def rms_norm(x, norm: RMSNorm):

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from edge_runtime.manifest import ArtifactError
+from cosmoe_edge.runtime.manifest import ArtifactError
 
 _quiet_done = False
 

@@ -1,6 +1,6 @@
 """edge-train: train a CoSMoE (or its FLOP-matched dense baseline) on real text.
 
-Single process on CPU by default; `torchrun --nproc-per-node N -m cosmoe.train ...` runs the same
+Single process on CPU by default; `torchrun --nproc-per-node N -m cosmoe_edge.model.train ...` runs the same
 command under DDP (gloo on CPU, nccl on GPUs), each rank drawing its own batches.
 """
 
@@ -18,13 +18,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import typer
 
-from cosmoe.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from cosmoe.config import PRESETS, ModelConfig
-from cosmoe.data import CorpusError, encode_stream, eval_windows, find_corpus, random_batch, read_documents, split_documents
-from cosmoe.evaluate import evaluate
-from cosmoe.losses import bles_distribution, bles_loss, load_balance_loss
-from cosmoe.model import CoSMoE, format_summary, param_summary
-from cosmoe.tokenizer import eos_id, load_tokenizer, train_tokenizer
+from cosmoe_edge.model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from cosmoe_edge.model.config import PRESETS, ModelConfig
+from cosmoe_edge.model.data import (
+    CorpusError,
+    encode_stream,
+    eval_windows,
+    find_corpus,
+    random_batch,
+    read_documents,
+    split_documents,
+)
+from cosmoe_edge.model.evaluate import evaluate
+from cosmoe_edge.model.losses import bles_distribution, bles_loss, load_balance_loss
+from cosmoe_edge.model.model import CoSMoE, format_summary, param_summary
+from cosmoe_edge.model.tokenizer import eos_id, load_tokenizer, train_tokenizer
 
 VAL_TEXT_CHARS = 24_000
 

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cosmoe.losses import switch_rate
+from cosmoe_edge.model.losses import switch_rate
 
 
 @torch.no_grad()

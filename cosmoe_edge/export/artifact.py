@@ -19,10 +19,10 @@ from pathlib import Path
 
 from safetensors.numpy import save_file
 
-from cosmoe.checkpoint import load_model
-from edge_runtime.manifest import FORMAT_VERSION, MANIFEST, file_entry
-from export import build
-from export.quantize import check_group_size, quantize_embedding
+from cosmoe_edge.export import build
+from cosmoe_edge.export.quantize import check_group_size, quantize_embedding
+from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.runtime.manifest import FORMAT_VERSION, MANIFEST, file_entry
 
 CALLING_CONVENTION = {
     "embedding": "rows of embedding.safetensors 'weight' (int8 rows times 'scale' when present) for the token ids",
@@ -93,7 +93,7 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
         manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if verify:
-            from export.verify import verify_artifact
+            from cosmoe_edge.export.verify import verify_artifact
 
             if progress:
                 progress(0, "verifying", None)
@@ -112,7 +112,7 @@ def charge_measured_footprint(tmp: Path, manifest: dict):
     times the backend's measured factor, at least file plus planned memory), so that a memory budget
     bounds the process's RSS and not only file sizes. Measured in a fresh process per backend."""
     for b, section in manifest["backends"].items():
-        r = subprocess.run([sys.executable, "-m", "edge_runtime.footprint", str(tmp), b], capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "cosmoe_edge.runtime.footprint", str(tmp), b], capture_output=True,
                            text=True, check=True)
         fp = json.loads(r.stdout.strip().splitlines()[-1])
         section["footprint"] = fp

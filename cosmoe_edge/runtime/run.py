@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from edge_runtime.backends import import_runtime
-from edge_runtime.engine import Engine
-from edge_runtime.generate import Sampler, generate
-from edge_runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
-from edge_runtime.metrics import drop_page_cache, peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
+from cosmoe_edge.runtime.backends import import_runtime
+from cosmoe_edge.runtime.engine import Engine
+from cosmoe_edge.runtime.generate import Sampler, generate
+from cosmoe_edge.runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
+from cosmoe_edge.runtime.metrics import drop_page_cache, peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 
 
 class TextStream:
@@ -41,7 +41,7 @@ def run(artifact, prompt: str, max_new_tokens: int = 128, backend: str = "execut
         cache_policy: str = "lru", prefetch: bool = False, temperature: float = 0.0, top_k: int = 0,
         top_p: float = 1.0, seed: int = 0, cold: bool = False, verify: bool = True, threads: int = 1,
         stream=None, on_cache_event=None, preload: bool = False) -> dict:
-    from edge_runtime.cli import parse_budget
+    from cosmoe_edge.runtime.cli import parse_budget
 
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
