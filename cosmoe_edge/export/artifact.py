@@ -19,28 +19,34 @@ from pathlib import Path
 
 from safetensors.numpy import save_file
 
+from cosmoe_edge.errors import EdgeError, ExportError
 from cosmoe_edge.export import build
 from cosmoe_edge.export.quantize import check_group_size, quantize_embedding
 from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.model.tokenizer import eos_id
 from cosmoe_edge.runtime.manifest import FORMAT_VERSION, MANIFEST, file_entry
 
+# Everything a third party needs to write a runtime from the manifest alone (an independent decoder
+# written from it reproduced edge-run's greedy tokens exactly).
 CALLING_CONVENTION = {
     "embedding": "rows of embedding.safetensors 'weight' (int8 rows times 'scale' when present) for the token ids",
+    "rope": "for position p and i = 0..head_dim/2-1: angle = p * rope_theta^(-2i/head_dim), in float64; the row of "
+            "cos (and of sin) is [cos(angles), cos(angles)], halves repeated (rotate-half layout), rounded to float32",
     "layer": {"inputs": build.LAYER_INPUTS, "outputs": build.LAYER_OUTPUTS,
               "doc": "T new tokens at positions pos0..pos0+T-1. h (T,D); cos, sin (T,1,head_dim) rows of the "
-                     "rotate-half RoPE table at those positions; k_past, v_past (P,n_kv_heads,head_dim) float32, "
+                     "RoPE table ('rope') at those positions; k_past, v_past (P,n_kv_heads,head_dim) float32, "
                      "the first P = max(pos0,1) rows of the runtime's cache (one dummy row when pos0 = 0); "
-                     "mask (rep*T, P+T) additive: row r*T+t allows past columns < pos0 and new columns <= t, "
-                     "-inf elsewhere. Outputs: h after attention (+ shared expert), x the experts' input, "
-                     "router_logits (T,E), k, v (T,n_kv_heads,head_dim) to store at rows pos0..pos0+T-1."},
-    "router": "softmax(router_logits) -> top_k experts -> weights renormalised over the k",
-    "expert": {"inputs": ["x"], "outputs": ["y"], "doc": "x (T,D) rows routed to this expert; h += weight * y"},
+                     "mask (rep*T, P+T) additive, rep = n_heads/n_kv_heads: row r*T+t allows past columns < pos0 "
+                     "and new columns <= t, -inf elsewhere. Outputs: h_out, h after attention (+ the shared expert), "
+                     "to which the routed experts add; x the experts' input; router_logits (T,E); k, v "
+                     "(T,n_kv_heads,head_dim) to store at rows pos0..pos0+T-1."},
+    "router": "p = softmax(router_logits) in float32; the top_k experts by descending p, ties to the lower expert id "
+              "(a stable sort); their weights p renormalised to sum 1 over the k",
+    "expert": {"inputs": ["x"], "outputs": ["y"],
+               "doc": "x (T,D) rows routed to this expert, at most expert_max_tokens per call; the layer's result "
+                      "is h_out + sum over the token's k experts of weight * y"},
     "head": {"inputs": ["h"], "outputs": ["logits"], "doc": "h (T,D) -> logits (T,vocab)"},
 }
-
-
-class ExportError(Exception):
-    pass
 
 
 def package_versions() -> dict:
@@ -55,7 +61,7 @@ def write_shared(model, tokenizer, ckpt: dict, scheme: str, tmp: Path) -> dict:
     routers = {f"layer_{i}": layer.ffn.router.weight.detach().float().numpy() for i, layer in enumerate(model.layers)}
     save_file(routers, str(tmp / "routers.safetensors"))
     return {
-        "tokenizer": file_entry(tmp, tok_path, eos_id=tokenizer.token_to_id("<|endoftext|>")),
+        "tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(tokenizer)),
         "embedding": file_entry(tmp, tmp / "embedding.safetensors", scheme="fp32" if scheme == "fp32" else "int8-per-row"),
         "routers": file_entry(tmp, tmp / "routers.safetensors",
                               doc="fp32 router weights (E,D) per layer, for the runtime's prefetch guess"),
@@ -69,7 +75,7 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
     model, tokenizer, ckpt = load_model(ckpt_path)
     cfg = model.cfg
     if cfg.ffn != "moe":
-        raise ExportError("edge-export needs an MoE model; this checkpoint is the dense baseline")
+        raise ExportError("edge-export needs an MoE model; this checkpoint is the dense baseline", "not_moe")
     check_group_size(cfg.to_dict(), scheme, group_size, backends)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -113,8 +119,12 @@ def charge_measured_footprint(tmp: Path, manifest: dict):
     bounds the process's RSS and not only file sizes. Measured in a fresh process per backend."""
     for b, section in manifest["backends"].items():
         r = subprocess.run([sys.executable, "-m", "cosmoe_edge.runtime.footprint", str(tmp), b], capture_output=True,
-                           text=True, check=True)
-        fp = json.loads(r.stdout.strip().splitlines()[-1])
+                           text=True)
+        try:
+            fp = json.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            last = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+            raise ExportError(f"measuring the {b} experts' memory failed: {last[:200]}", "footprint_failed") from None
         section["footprint"] = fp
         for e in section["experts"]:
             e["resident_bytes"] = max(e["resident_bytes"], math.ceil(e["bytes"] * fp["rss_per_file_byte"]))
@@ -153,10 +163,17 @@ def build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp: Path
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx, initializer=ignore_sigint)
     try:
-        futures = {pool.submit(fn, *args): args[1] for fn, args in tasks}
+        futures = {pool.submit(fn, *args): args for fn, args in tasks}
         for fut in as_completed(futures):
-            res = fut.result()
-            b = futures[fut]
+            b = futures[fut][1]
+            try:
+                res = fut.result()
+            except (EdgeError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # torch.export or a lowering refused this part: say which, in one line
+                what = "backbone" if len(futures[fut]) == 5 else f"expert {futures[fut][6]} of layer {futures[fut][5]}"
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise ExportError(f"building the {b} {what} failed: {type(e).__name__}: {first}", "build_failed") from e
             if "files" in res:
                 results[b]["backbone"] = res
             else:

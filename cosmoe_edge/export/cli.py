@@ -18,10 +18,11 @@ def fail(msg: str, code: int = 2):
 
 
 def human(n: float) -> str:
+    """Decimal units, as every other figure of the project (1 MB = 1e6 bytes)."""
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+        if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return str(n)
 
 
@@ -56,11 +57,9 @@ def main(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cosmoe_edge.export.artifact import ExportError, export_artifact
+    from cosmoe_edge.errors import EdgeError
+    from cosmoe_edge.export.artifact import export_artifact
     from cosmoe_edge.export.build import quiet
-    from cosmoe_edge.export.quantize import QuantError
-    from cosmoe_edge.model.checkpoint import CheckpointError
-    from cosmoe_edge.runtime.manifest import ArtifactError
 
     quiet()
     console = Console(stderr=True)
@@ -73,7 +72,7 @@ def main(
 
         try:
             manifest = export_artifact(model, out, quant, group_size, backends, jobs, verify, progress)
-        except (CheckpointError, ExportError, QuantError, ArtifactError) as e:
+        except EdgeError as e:
             fail(str(e))
         except OSError as e:
             fail(f"cannot write {e.filename or out}: {e.strerror or e}")
@@ -96,7 +95,7 @@ def print_summary(m: dict, out: Path):
               f", exported in {m['export_seconds']:.0f}s)")
     for col in ("backend", "files", "total", "backbone", "all experts", "one expert"):
         t.add_column(col, justify="left" if col == "backend" else "right")
-    shared = sum(m[k]["bytes"] for k in ("tokenizer", "embedding", "routers"))
+    shared = sum(m[k]["bytes"] for k in ("tokenizer", "routers"))  # the embedding counts with the backbone
     lines = []
     for b, s in m["backends"].items():
         backbone = sum(f["bytes"] for f in s["backbone"]["files"]) + m["embedding"]["bytes"]

@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cosmoe_edge.errors import ExportError
+
 SCHEMES = ("fp32", "int8", "int4")
-
-
-class QuantError(ValueError):
-    pass
 
 
 def check_group_size(cfg: dict, scheme: str, group_size: int, backends: list[str]):
@@ -26,10 +24,10 @@ def check_group_size(cfg: dict, scheme: str, group_size: int, backends: list[str
     if scheme != "int4":
         return
     if group_size < 16 or group_size & (group_size - 1):
-        raise QuantError(f"--group-size must be a power of two, at least 16 (got {group_size})")
+        raise ExportError(f"--group-size must be a power of two, at least 16 (got {group_size})", "bad_group_size")
     if "executorch" in backends and group_size % 32:
-        raise QuantError(f"XNNPACK's int4 kernels need groups that are a multiple of 32 (got {group_size}); "
-                         "use --backend onnx for smaller groups")
+        raise ExportError(f"XNNPACK's int4 kernels need groups that are a multiple of 32 (got {group_size}); "
+                          "use --backend onnx for smaller groups", "bad_group_size")
     dims = {"dim": cfg["dim"], "expert_hidden": cfg["expert_hidden"]}
     if cfg["expert_kind"] == "wd":
         dims["wd_rank"] = cfg["wd_rank"]
@@ -37,8 +35,8 @@ def check_group_size(cfg: dict, scheme: str, group_size: int, backends: list[str
         dims["shared_expert_hidden"] = cfg["shared_expert_hidden"]
     bad = {k: v for k, v in dims.items() if v % group_size}
     if bad:
-        raise QuantError(f"group size {group_size} does not divide " +
-                         ", ".join(f"{k} ({v})" for k, v in bad.items()))
+        raise ExportError(f"group size {group_size} does not divide " + ", ".join(f"{k} ({v})" for k, v in bad.items()),
+                          "bad_group_size")
 
 
 def torchao_config(scheme: str, group_size: int):

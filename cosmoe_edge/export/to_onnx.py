@@ -7,6 +7,7 @@ from contextlib import redirect_stdout
 
 import torch
 
+from cosmoe_edge.errors import ExportError
 from cosmoe_edge.export.quantize import count_ops, onnx_quantize
 
 
@@ -27,5 +28,6 @@ def quantize(model, scheme: str, group_size: int, expected_matmuls: int, what: s
     model = onnx_quantize(model, 4 if scheme == "int4" else 8, group_size)
     n = count_ops(model, "MatMulNBits")
     if n != expected_matmuls:
-        raise RuntimeError(f"{what}: {n} MatMulNBits nodes after quantisation, expected {expected_matmuls}")
+        raise ExportError(f"{what}: {n} MatMulNBits nodes after quantisation, expected {expected_matmuls} (a linear "
+                          "layer the quantiser did not take would stay fp32)", "quantization_incomplete")
     return model, n

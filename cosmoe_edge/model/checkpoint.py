@@ -8,15 +8,12 @@ from pathlib import Path
 
 import torch
 
+from cosmoe_edge.errors import CheckpointError
 from cosmoe_edge.model.config import ModelConfig
 from cosmoe_edge.model.model import CoSMoE
 from cosmoe_edge.model.tokenizer import load_tokenizer
 
 REQUIRED_KEYS = ("config", "state_dict", "tokenizer", "meta")
-
-
-class CheckpointError(Exception):
-    pass
 
 
 def save_checkpoint(path, model: CoSMoE, tokenizer_json: str, meta: dict, train_state: dict | None = None,

@@ -89,7 +89,7 @@ PRESETS = {
     # Random weights, for speed benchmarks.
     "wearable": ModelConfig(vocab_size=32000, dim=448, n_layers=19, n_heads=8, n_kv_heads=4,
                             max_seq_len=1024, num_experts=8, top_k=2, expert_hidden=1792),
-    # the Mixtral-shaped MoE that DEVELOPERS' llama.cpp reference figure was measured on (hidden 512,
+    # a Mixtral-shaped MoE of the size llama.cpp is often measured on (hidden 512,
     # 8 layers, 8 experts top-2, expert hidden 1408, vocab 8192; ~150M params). Random weights.
     "llamacpp-ref": ModelConfig(vocab_size=8192, dim=512, n_layers=8, n_heads=8, n_kv_heads=4, max_seq_len=512,
                                 num_experts=8, top_k=2, expert_hidden=1408, tie_embeddings=False),

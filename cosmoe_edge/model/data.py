@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosmoe_edge.errors import CorpusError
+
 DEFAULT_GLOB = "/usr/share/doc/python3*/html/_sources"
 TEXT_SUFFIXES = (".txt", ".rst", ".md")
 VAL_PER_MILLE = 50  # 5% of documents held out, chosen by a hash of their name
-
-
-class CorpusError(Exception):
-    pass
 
 
 def find_corpus() -> Path:

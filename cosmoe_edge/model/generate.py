@@ -7,8 +7,10 @@ from typing import Annotated
 import torch
 import typer
 
-from cosmoe_edge.model.checkpoint import CheckpointError, load_model
+from cosmoe_edge.errors import CheckpointError
+from cosmoe_edge.model.checkpoint import load_model
 from cosmoe_edge.model.tokenizer import eos_id
+from cosmoe_edge.runtime.text import TextStream
 
 
 def sample(logits, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None) -> int:
@@ -77,19 +79,7 @@ def main(
         raise typer.Exit(2) from None
     ids = tok.encode(prompt).ids
     sys.stdout.write(prompt)
-    new: list[int] = []
-    shown = 0
-
-    def show(t):
-        nonlocal shown
-        new.append(t)
-        text = tok.decode(new)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[shown:])
-            sys.stdout.flush()
-            shown = len(text)
-
-    generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id(tok), on_token=show)
+    generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id(tok), on_token=TextStream(tok, sys.stdout))
     sys.stdout.write("\n")
 
 

@@ -18,10 +18,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import typer
 
-from cosmoe_edge.model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from cosmoe_edge.errors import CheckpointError, EdgeError
+from cosmoe_edge.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from cosmoe_edge.model.config import PRESETS, ModelConfig
 from cosmoe_edge.model.data import (
-    CorpusError,
     encode_stream,
     eval_windows,
     find_corpus,
@@ -293,7 +293,7 @@ def main(
         if seq_len > cfg.max_seq_len:
             fail(f"--seq-len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
         run(cfg, opts, out, corpus, resume, quiet)
-    except (CorpusError, CheckpointError, ValueError) as e:
+    except (EdgeError, ValueError) as e:
         fail(str(e))
 
 

@@ -1,0 +1,35 @@
+"""The console scripts. Each checks that its extra is installed before importing its command, so a
+runtime-only install (`pip install 'cosmoe-edge[onnx]'`) answers `edge-export` with one line naming the
+missing extra instead of a traceback."""
+
+import importlib
+import sys
+
+from cosmoe_edge.errors import MissingExtra, require
+
+
+def _launch(command: str, extra: str, modules: tuple[str, ...], module: str):
+    try:
+        require(command, extra, *modules)
+    except MissingExtra as e:
+        print(f"{command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    importlib.import_module(module).app()
+
+
+def edge_train():
+    _launch("edge-train", "train", ("torch",), "cosmoe_edge.model.train")
+
+
+def edge_export():
+    _launch("edge-export", "export", ("torch", "executorch", "onnx", "onnxruntime"), "cosmoe_edge.export.cli")
+
+
+def edge_run():  # needs only the extra of the backend it is asked for, which the runtime checks itself
+    from cosmoe_edge.runtime.cli import app
+
+    app()
+
+
+def edge_bench():
+    _launch("edge-bench", "bench", ("matplotlib", "yaml"), "cosmoe_edge.bench.cli")
