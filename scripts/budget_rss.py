@@ -6,19 +6,21 @@ docs/RUNTIME.md. Usage: python scripts/budget_rss.py [runs/bench/wearable-int4] 
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from doc_figures import write_between_markers
 
+from cosmoe_edge.runtime.cli import command
+from cosmoe_edge.runtime.options import RunOptions
+
 
 def edge_run(artifact: Path, backend: str, budget: str, tokens: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         rep = Path(d) / "r.json"
-        subprocess.run([sys.executable, "-m", "cosmoe_edge.runtime.cli", str(artifact), "--prompt", "The list type is",
-                        "--backend", backend, "--memory-budget", budget, "--max-new-tokens", str(tokens),
-                        "--report", str(rep), "--quiet", "--no-verify"], check=True, stdout=subprocess.DEVNULL)
+        options = RunOptions(prompt="The list type is", backend=backend, memory_budget=budget, max_new_tokens=tokens,
+                             verify=False)
+        subprocess.run(command(artifact, options, report=rep), check=True, stdout=subprocess.DEVNULL)
         return json.loads(rep.read_text())
 
 

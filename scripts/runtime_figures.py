@@ -16,18 +16,18 @@ from pathlib import Path
 
 from doc_figures import write_between_markers
 
+from cosmoe_edge.runtime.cli import command
+from cosmoe_edge.runtime.options import RunOptions
+
 PROMPT = "The list type is"
 
 
 def edge_run(artifact, backend, budget="all", cold=False, preload=False, policy="lru", prefetch=False, tokens=128):
     with tempfile.TemporaryDirectory() as d:
         rep = Path(d) / "r.json"
-        cmd = [sys.executable, "-m", "cosmoe_edge.runtime.cli", str(artifact), "--prompt", PROMPT, "--backend", backend,
-               "--memory-budget", budget, "--cache-policy", policy, "--max-new-tokens", str(tokens),
-               "--report", str(rep), "--quiet", "--prefetch" if prefetch else "--no-prefetch"]
-        cmd += ["--cold"] if cold else []
-        cmd += ["--preload"] if preload else []
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        options = RunOptions(prompt=PROMPT, backend=backend, memory_budget=budget, cache_policy=policy,
+                             max_new_tokens=tokens, prefetch=prefetch, cold=cold, preload=preload)
+        subprocess.run(command(artifact, options, report=rep), check=True, stdout=subprocess.DEVNULL)
         return json.loads(rep.read_text())
 
 
@@ -77,7 +77,7 @@ def fixed_cost() -> list[str]:
               "import numpy, onnxruntime, tokenizers, cosmoe_edge.runtime.engine",
               "executorch (+ torch, executorch.runtime)":
               "import cosmoe_edge.runtime.engine; from cosmoe_edge.runtime.backends import silenced_stderr\n"
-              "with silenced_stderr(force=True):\n    import torch, executorch.runtime"}
+              "with silenced_stderr():\n    import torch, executorch.runtime"}
     rows = ["| backend | RSS after imports |", "|---|---|"]
     for name, code in probes.items():
         out = subprocess.run([sys.executable, "-c", code + "\nfrom cosmoe_edge.runtime.metrics import rss_bytes\n"

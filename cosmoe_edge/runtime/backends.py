@@ -8,33 +8,31 @@ because executorch's Python runtime takes torch tensors.
 import contextlib
 import logging
 import os
+import struct
 
 import numpy as np
 
-from cosmoe_edge.runtime.manifest import ArtifactError
+from cosmoe_edge.errors import ArtifactError, require
 
-_quiet_done = False
+_devnull = None
 
 
 @contextlib.contextmanager
-def silenced_stderr(force: bool = False):
-    """ExecuTorch's C++ side (cpuinfo, XNNPACK init) and torchao's import write diagnostics to fd 2
-    that mean nothing to a user; failures still reach us as exceptions. They come once per process,
-    with the first import and program load, so later calls pass straight through."""
-    global _quiet_done
-    if _quiet_done and not force:
-        yield
-        return
+def silenced_stderr():
+    """ExecuTorch's C++ side (cpuinfo, XNNPACK init, a failed verification) and torchao's import write
+    diagnostics to fd 2 that mean nothing to a user; failures still reach us as exceptions, which say it
+    in one line. Costs a few microseconds (four syscalls), against ~500 us for creating a program."""
+    global _devnull
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_WRONLY)
     logging.disable(logging.WARNING)
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        os.dup2(_devnull, 2)
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(devnull)
         logging.disable(logging.NOTSET)
 
 
@@ -60,26 +58,67 @@ class OnnxProgram:
             raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ONNX program "
                                 f"({str(e).splitlines()[0][:160]})", "corrupt_program") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.name = path.name
 
     def run(self, method: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, dict(zip(self.inputs, inputs, strict=True)))
+        try:
+            return self.session.run(None, dict(zip(self.inputs, inputs, strict=True)))
+        except Exception as e:  # a program that loads but cannot run: damaged, or not what the manifest says
+            raise failed_run(self.name, e) from None
 
     def release(self):
         self.session = None
+
+
+def failed_run(name: str, e: Exception) -> ArtifactError:
+    return ArtifactError(f"{name} failed to run: corrupt program or wrong inputs ({str(e).splitlines()[0][:160]})",
+                         "program_failed")
+
+
+def check_pte_header(path) -> None:
+    """Refuse a .pte whose header does not describe a program of this file's size. ExecuTorch 1.5.1
+    aborts the whole process (a C++ exception through pybind11) on some damaged headers, e.g. a file
+    identifier that is not UTF-8, and only the full flatbuffer check (Verification.InternalConsistency,
+    ~1 us) keeps damaged table offsets from crashing it. Layout: root offset u32, identifier "ET12",
+    then the extended header "eh00", its length u32, program size u64, segment offset u64 and
+    segment size u64 (all little-endian)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, head = os.fstat(fd).st_size, os.pread(fd, 40, 0)
+    finally:
+        os.close(fd)
+
+    def bad(why):
+        return ArtifactError(f"cannot load {os.path.basename(path)}: corrupt or truncated ExecuTorch program ({why})",
+                             "corrupt_program")
+
+    if len(head) < 40:
+        raise bad("shorter than its header")
+    if head[4:8] != b"ET12":
+        raise bad("file identifier is not ET12")
+    if head[8:12] != b"eh00":
+        raise bad("no extended header")
+    root, = struct.unpack_from("<I", head, 0)
+    header_len, program_size, segment_base = struct.unpack_from("<IQQ", head, 12)
+    segment_size = struct.unpack_from("<Q", head, 32)[0] if header_len >= 32 else 0
+    if header_len < 24 or not 8 + header_len <= root < program_size <= size:
+        raise bad("header sizes do not fit the file")
+    if segment_base and not program_size <= segment_base <= segment_base + segment_size <= size:
+        raise bad("segment table does not fit the file")
 
 
 class ExecuTorchProgram:
     """An ExecuTorch program (.pte, XNNPACK delegate) with the given methods loaded."""
 
     def __init__(self, path, methods: list[str]):
+        check_pte_header(path)
+        self.name = path.name
         try:
             with silenced_stderr():
                 from executorch.runtime import Runtime, Verification
 
-                self.program = Runtime.get().load_program(path, verification=Verification.Minimal)
+                self.program = Runtime.get().load_program(path, verification=Verification.InternalConsistency)
                 self.methods = {m: self.program.load_method(m) for m in methods}
-            global _quiet_done
-            _quiet_done = True  # XNNPACK and cpuinfo are initialised: later loads print nothing
         except Exception as e:
             raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ExecuTorch program "
                                 f"({str(e).splitlines()[0][:160]})", "corrupt_program") from None
@@ -87,7 +126,10 @@ class ExecuTorchProgram:
     def run(self, method: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        outs = self.methods[method].execute([torch.from_numpy(a) for a in inputs])
+        try:
+            outs = self.methods[method].execute([torch.from_numpy(a) for a in inputs])
+        except Exception as e:
+            raise failed_run(self.name, e) from None
         # outputs live in the method's planned memory, which its next call overwrites: copy them out
         return [o.numpy().copy() for o in outs]
 
@@ -96,14 +138,23 @@ class ExecuTorchProgram:
         self.program = None
 
 
-def import_runtime(backend: str):
-    """Import the backend's Python runtime. For executorch this imports torch: seconds, once per
-    process, a fixed cost the report keeps apart from loading the artifact."""
+def import_runtime(backend: str, threads: int = 1):
+    """Import the backend's Python runtime and size its thread pool. For executorch this imports
+    torch: seconds, once per process, a fixed cost the report keeps apart from loading the artifact."""
     if backend == "executorch":
-        with silenced_stderr(force=True):
+        require("edge-run --backend executorch", "executorch", "torch", "executorch")
+        with silenced_stderr():  # importing, and creating or resetting the pool, log to stderr
             import executorch.runtime  # noqa: F401
             import torch  # noqa: F401
+            from executorch.extension.pybindings.portable_lib import (
+                _threadpool_get_thread_count,
+                _unsafe_reset_threadpool,
+            )
+
+            if _threadpool_get_thread_count() != threads:
+                _unsafe_reset_threadpool(threads)  # decode-sized matmuls run best on one core
     else:
+        require("edge-run --backend onnx", "onnx", "onnxruntime")
         import onnxruntime  # noqa: F401
 
 

@@ -1,31 +1,17 @@
 """edge-run: generate text from an artifact with experts loaded lazily under a memory budget."""
 
+import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cosmoe_edge.runtime.manifest import BACKENDS, ArtifactError
+from cosmoe_edge.errors import EdgeError
+from cosmoe_edge.runtime.options import RunOptions
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
-def parse_budget(text: str, expert_bytes_total: int) -> int | None:
-    """'all' -> None (every expert fits); '64MB', '1.5GiB', '300000' -> bytes; '25%' -> of all experts' bytes."""
-    t = text.strip().lower()
-    if t == "all":
-        return None
-    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", t):
-        return int(float(m.group(1)) / 100 * expert_bytes_total)
-    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?", t):
-        return int(float(m.group(1)) * UNITS[m.group(2) or "b"])
-    raise ArtifactError(f"cannot read memory budget {text!r}: use all, a size like 64MB or 1.5GiB, or a percentage "
-                        "like 25%", "bad_budget")
 
 
 def fail(msg: str, code: int = 2):
@@ -51,36 +37,43 @@ def main(
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set of tokens with this mass.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    cold: Annotated[bool, typer.Option("--cold", help="Drop the artifact's files from the OS page cache first, so "
-                                                      "expert loads really read storage.")] = False,
-    report: Annotated[Path | None, typer.Option(help="Write the full metrics report here as JSON.")] = None,
+    cold: Annotated[bool, typer.Option(help="Drop the artifact's files from the OS page cache first, so expert "
+                                            "loads really read storage.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the full metrics report here as JSON "
+                                                     "(keys: cosmoe_edge/runtime/report.schema.json).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No metrics table.")] = False,
     verify: Annotated[bool, typer.Option(help="Check each file's sha256 on its first load (sizes are always checked).")] = True,
     threads: Annotated[int, typer.Option(help="Threads per program call.")] = 1,
-    preload: Annotated[bool, typer.Option("--preload", help="Load every expert before the prompt (no lazy "
-                                                            "loading), for comparison; load_ms includes it.")] = False,
+    preload: Annotated[bool, typer.Option(help="Load every expert before the prompt (no lazy loading), for "
+                                               "comparison; load_ms includes it.")] = False,
 ):
     from cosmoe_edge.runtime.run import run
 
-    if backend not in BACKENDS:
-        fail(f"unknown --backend {backend!r}; choose {' or '.join(BACKENDS)}")
-    if cache_policy not in ("lru", "lfu", "none"):
-        fail(f"unknown --cache-policy {cache_policy!r}; choose lru, lfu or none")
-    if not prompt:
-        fail("--prompt is empty")
-    if max_new_tokens < 1:
-        fail("--max-new-tokens must be at least 1")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        fail("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
     try:
-        result = run(artifact, prompt, max_new_tokens, backend, memory_budget, cache_policy, prefetch, temperature,
-                     top_k, top_p, seed, cold, verify, threads, stream=sys.stdout, preload=preload)
-    except ArtifactError as e:
+        options = RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=backend, memory_budget=memory_budget,
+                             cache_policy=cache_policy, prefetch=prefetch, temperature=temperature, top_k=top_k,
+                             top_p=top_p, seed=seed, cold=cold, verify=verify, threads=threads, preload=preload)
+        result = run(artifact, options, stream=sys.stdout)
+    except EdgeError as e:
         fail(str(e))
     if report is not None:
         report.write_text(json.dumps(result, indent=1))
     if not quiet:
         print_metrics(result)
+
+
+def command(artifact, options: RunOptions, report=None, quiet: bool = True) -> list[str]:
+    """The edge-run command line for these options, as `python -m cosmoe_edge.runtime.cli`: how edge-bench
+    and the figure scripts start a run in a fresh process (a test parses it back into the same options)."""
+    argv = [sys.executable, "-m", "cosmoe_edge.runtime.cli", str(artifact)]
+    for f in dataclasses.fields(options):
+        flag, value = "--" + f.name.replace("_", "-"), getattr(options, f.name)
+        argv.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag}={value}")
+    if report is not None:
+        argv.append(f"--report={report}")
+    if quiet:
+        argv.append("--quiet")
+    return argv
 
 
 def print_metrics(r: dict):

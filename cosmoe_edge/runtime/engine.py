@@ -7,64 +7,22 @@ Data flow per layer l, for the T tokens of this step (see export/programs.py for
 """
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
-from cosmoe_edge.runtime.backends import open_program
-from cosmoe_edge.runtime.experts import ExpertCache, ExpertStore
+from cosmoe_edge.errors import RequestError
+from cosmoe_edge.runtime.backends import import_runtime, open_program
+from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
-from cosmoe_edge.runtime.manifest import ArtifactError, backend_section, check_file, load_manifest
-
-
-def softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def route(logits: np.ndarray, top_k: int):
-    """Experts (T, k) by descending probability, and their weights renormalised over the k."""
-    if len(logits) == 1:  # decode: the same arithmetic on one row, without the batched gathers' cost
-        probs = softmax(logits[0].astype(np.float32))
-        experts = np.argsort(-probs, kind="stable")[:top_k]
-        w = probs[experts]
-        return experts[None], (w / w.sum())[None]
-    probs = softmax(logits.astype(np.float32))
-    experts = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
-    w = np.take_along_axis(probs, experts, -1)
-    return experts, w / w.sum(-1, keepdims=True)
-
-
-@dataclass
-class RoutingLog:
-    """Per layer, the expert sets of consecutive tokens, for the switch rate; with `trace`, every
-    step's router logits and choices (the conformance vectors the Android core replays)."""
-    last: dict = field(default_factory=dict)
-    pairs: int = 0
-    switched: int = 0
-    trace: list = field(default_factory=list)
-
-    def add(self, layer: int, pos0: int, logits: np.ndarray, experts: np.ndarray, keep_trace: bool):
-        for row in experts:
-            s = {int(e) for e in row}
-            prev = self.last.get(layer)
-            if prev is not None:
-                self.pairs += len(s)
-                self.switched += len(s - prev)
-            self.last[layer] = s
-        if keep_trace:
-            self.trace.append({"pos0": pos0, "layer": layer, "router_logits": logits.tolist(),
-                               "experts": experts.tolist()})
-
-    @property
-    def switch_rate(self) -> float:
-        return self.switched / self.pairs if self.pairs else 0.0
+from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
+from cosmoe_edge.runtime.routing import RoutingLog, route
+from cosmoe_edge.runtime.store import ExpertStore
 
 
 class Engine:
-    def __init__(self, artifact, backend: str = "onnx", budget_bytes: int | None = None, policy: str = "lru",
+    def __init__(self, artifact, backend: str = "onnx", *, budget_bytes: int | None = None, policy: str = "lru",
                  verify: bool = True, prefetch: bool = False, threads: int = 1, trace: bool = False,
                  on_cache_event=None):
         self.artifact = Path(artifact)
@@ -78,17 +36,7 @@ class Engine:
         self.expert_chunk = m["expert_max_tokens"]
         self.rep = cfg["n_heads"] // cfg["n_kv_heads"]
         self.trace = trace
-        if backend == "executorch":
-            from cosmoe_edge.runtime.backends import silenced_stderr
-
-            with silenced_stderr(force=True):  # creating or resetting the pool logs to stderr
-                from executorch.extension.pybindings.portable_lib import (
-                    _threadpool_get_thread_count,
-                    _unsafe_reset_threadpool,
-                )
-
-                if _threadpool_get_thread_count() != threads:
-                    _unsafe_reset_threadpool(threads)  # decode-sized matmuls run best on one core
+        import_runtime(backend, threads)
 
         self.embedding = self._load_embedding(verify)
         self.routers = None
@@ -104,12 +52,12 @@ class Engine:
             self.parts[name] = (programs[p["path"]], p["method"])
 
         self.store = ExpertStore(self.artifact, backend, section["experts"], verify, threads)
-        self.expert_bytes_total = sum(self.store.cost(k) for k in self.store.entries)
-        self.min_budget = self.top_k * max(self.store.cost(k) for k in self.store.entries)
+        self.expert_bytes_total = self.store.total_cost()
+        self.min_budget = self.top_k * self.store.max_cost()
         budget = self.expert_bytes_total if budget_bytes is None else budget_bytes
         if budget < self.min_budget:
-            raise ArtifactError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
-                                f"(the {self.top_k} largest experts a layer may need at once)", "budget_too_small")
+            raise RequestError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
+                               f"(the {self.top_k} largest experts a layer may need at once)", "budget_too_small")
         self.cache = ExpertCache(self.store, budget, policy, on_cache_event)
         self.prefetcher = ThreadPoolExecutor(1) if prefetch else None
         self.prefetch_issued = 0
@@ -120,12 +68,10 @@ class Engine:
         self.routing = RoutingLog()
 
     def preload(self):
-        """Load every expert now (what a runtime without lazy loading does), as far as the budget allows."""
-        for key in sorted(self.store.entries):
-            if self.cache.bytes + self.store.cost(key) > self.cache.budget:
-                break
-            self.cache.get(key)
-        self.cache.hits = self.cache.misses = 0
+        """Load every expert now (what a runtime without lazy loading does), as far as the budget
+        allows; the cache's counters then start from zero."""
+        self.cache.fill(sorted(self.store.entries))
+        self.cache.reset_counters()
 
     def _load_embedding(self, verify):
         e = self.manifest["embedding"]
@@ -147,7 +93,7 @@ class Engine:
     def forward(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         """Run `ids` at the next positions; logits of the last token (or all, with all_logits)."""
         if self.pos + len(ids) > self.max_seq_len:
-            raise ArtifactError(f"sequence would exceed the model's {self.max_seq_len} positions")
+            raise RequestError(f"sequence would exceed the model's {self.max_seq_len} positions", "too_long")
         logits = []
         for i in range(0, len(ids), self.chunk):
             h = self._step(ids[i:i + self.chunk])
@@ -178,16 +124,16 @@ class Engine:
     def _experts(self, layer, x, experts, weights) -> np.ndarray:
         """sum over each token's k experts of weight * expert(x); every expert runs once on all of
         its tokens (in slices of the program's maximum), resident experts first, then by id."""
-        resident = self.cache.resident
+        resident = self.cache.is_resident
         if len(x) == 1:  # decode: one token, k distinct experts, no gathering
             row, out = experts[0].tolist(), None
-            for slot in sorted(range(len(row)), key=lambda s: ((layer, row[s]) not in resident, row[s])):
+            for slot in sorted(range(len(row)), key=lambda s: (not resident((layer, row[s])), row[s])):
                 key = (layer, row[slot])
                 y = np.float32(weights[0, slot]) * self.cache.get(key, pinned=frozenset({key})).run("forward", [x])[0]
                 out = y if out is None else out + y
             return out
         out = np.zeros_like(x)
-        order = sorted({int(e) for e in experts.ravel()}, key=lambda e: ((layer, e) not in resident, e))
+        order = sorted({int(e) for e in experts.ravel()}, key=lambda e: (not resident((layer, e)), e))
         for e in order:
             key = (layer, e)
             program = self.cache.get(key, pinned=frozenset({key}))
@@ -212,7 +158,7 @@ class Engine:
             return
         w = self.routers[f"layer_{layer + 1}"]
         guess = np.unique(route(x @ w.T, self.top_k)[0])
-        keys = [(layer + 1, int(e)) for e in guess if (layer + 1, int(e)) not in self.cache.resident]
+        keys = [(layer + 1, int(e)) for e in guess if not self.cache.is_resident((layer + 1, int(e)))]
         if not keys:
             return
         self.prefetch_issued += len(keys)
@@ -229,9 +175,7 @@ class Engine:
         """Wait for prefetches, then release every program (a long-lived process may run many)."""
         if self.prefetcher is not None:
             self.prefetcher.shutdown()
-        with self.cache.lock:
-            for key in list(self.cache.resident):
-                self.cache.resident.pop(key).release()
+        self.cache.release_all()
         for program, _ in self.parts.values():
             program.release()
 

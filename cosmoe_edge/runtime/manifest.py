@@ -8,18 +8,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from cosmoe_edge.errors import ArtifactError, RequestError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BACKENDS = ("executorch", "onnx")
-
-
-class ArtifactError(Exception):
-    """A problem with the artifact or request a user gave us: one line, no traceback. `kind` names
-    the class of error, the same across the Python and Android runtimes (conformance tests)."""
-
-    def __init__(self, message: str, kind: str = "artifact"):
-        super().__init__(message)
-        self.kind = kind
 
 
 def sha256_file(path: Path) -> str:
@@ -61,7 +54,7 @@ def load_manifest(artifact: Path) -> dict:
 def backend_section(manifest: dict, backend: str) -> dict:
     have = sorted(manifest["backends"])
     if backend not in BACKENDS:
-        raise ArtifactError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", "unknown_backend")
+        raise RequestError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", "unknown_backend")
     if backend not in manifest["backends"]:
         raise ArtifactError(f"this artifact has no {backend} programs (it has: {', '.join(have) or 'none'})",
                             "missing_backend")
@@ -80,3 +73,18 @@ def check_file(artifact: Path, entry: dict, verify_sha: bool) -> Path:
     if verify_sha and sha256_file(path) != entry["sha256"]:
         raise ArtifactError(f"{entry['path']} does not match its sha256 in the manifest: corrupt file", "sha_mismatch")
     return path
+
+
+def expert_cost(entry: dict) -> int:
+    """Bytes an expert is charged against the budget while resident: its measured footprint
+    (resident_bytes, written by the exporter), else its file size."""
+    return entry.get("resident_bytes", entry["bytes"])
+
+
+def artifact_files(artifact: Path, manifest: dict) -> list[Path]:
+    """Every file the manifest names that exists (what --cold drops from the page cache)."""
+    files = [artifact / manifest[k]["path"] for k in ("tokenizer", "embedding", "routers") if k in manifest]
+    for section in manifest["backends"].values():
+        files += [artifact / f["path"] for f in section["backbone"]["files"]]
+        files += [artifact / e["path"] for e in section["experts"]]
+    return [f for f in files if f.exists()]
