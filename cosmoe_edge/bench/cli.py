@@ -77,7 +77,7 @@ def add_estimates(rows, manifests, hw, devices):
             continue
         expert, _ = expert_bytes(manifests[r["artifact"]], r["backend"])
         # decode's misses per decode step (the prompt's first loads are time to first token's business)
-        misses = r.get("expert_misses_decode", 0) / max(1, r["generated_tokens"] - 1)
+        misses = r["expert_misses_decode"] / max(1, r["generated_tokens"] - 1)
         load_s = r["expert_load_ms"] / 1e3 / r["expert_loads"] if r.get("expert_loads") else 0.0
         if r["cold"]:
             load_s = max(0.0, load_s - expert / (hw["storage_gbps"] * 1e9))
@@ -111,7 +111,9 @@ def main(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cosmoe_edge.bench.device import load_profile, memory_bandwidth_gbps, storage_read_gbps
-    from cosmoe_edge.runtime.manifest import BACKENDS, ArtifactError, load_manifest
+    from cosmoe_edge.errors import ArtifactError
+    from cosmoe_edge.runtime.manifest import BACKENDS, load_manifest
+    from cosmoe_edge.runtime.policies import POLICIES
 
     manifests = {}
     for a in artifacts:
@@ -123,8 +125,9 @@ def main(
     if not backend_list or any(b not in BACKENDS for b in backend_list):
         fail(f"--backends must name {', '.join(BACKENDS)}")
     policy_list = split_list(policies)
-    if not policy_list or any(p not in ("lru", "lfu") for p in policy_list):
-        fail("--policies must name lru and/or lfu (no-cache and all-resident baselines are always run)")
+    cached = [p for p in POLICIES if POLICIES[p].keeps]
+    if not policy_list or any(p not in cached for p in policy_list):
+        fail(f"--policies must name {' and/or '.join(cached)} (no-cache and all-resident baselines are always run)")
     modes = {"off": [False], "on": [True], "both": [False, True]}.get(prefetch)
     if modes is None:
         fail("--prefetch must be off, on or both")

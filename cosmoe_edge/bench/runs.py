@@ -10,11 +10,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# report keys reduced to median/min/max over repeats
-NUMERIC = ["ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "load_ms", "peak_rss_bytes", "expert_load_ms",
-           "expert_loads", "expert_misses_decode",
-           "rss_after_load_bytes", "storage_read_bytes", "resident_expert_bytes_peak", "expert_hits", "expert_misses",
-           "expert_evictions", "expert_hit_rate", "expert_switch_rate", "generated_tokens", "prompt_tokens"]
+from cosmoe_edge.runtime import report as report_schema
+from cosmoe_edge.runtime.cli import command
+from cosmoe_edge.runtime.options import RunOptions
 
 
 @dataclass(frozen=True)
@@ -53,16 +51,17 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None) -> 
             cmd = [sys.executable, "-m", "cosmoe_edge.bench.eager", model, "--prompt", prompt, "--max-new-tokens",
                    str(max_new_tokens), "--report", str(report)]
         else:
-            cmd = [sys.executable, "-m", "cosmoe_edge.runtime.cli", c.artifact, "--prompt", prompt, "--max-new-tokens",
-                   str(max_new_tokens), "--backend", c.backend, "--memory-budget", c.budget, "--cache-policy",
-                   c.policy, "--prefetch" if c.prefetch else "--no-prefetch", "--report", str(report), "--quiet"]
-            if c.cold:
-                cmd.append("--cold")
+            cmd = command(c.artifact, RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=c.backend,
+                                                 memory_budget=c.budget, cache_policy=c.policy, prefetch=c.prefetch,
+                                                 cold=c.cold), report=report)
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             lines = (p.stderr or p.stdout).strip().splitlines()
             return {"error": lines[-1] if lines else f"exit code {p.returncode}"}
-        return json.loads(report.read_text())
+        r = json.loads(report.read_text())
+        if problems := report_schema.problems(r):  # never a silent zero for a key the writer left out
+            return {"error": "the report does not follow report.schema.json: " + "; ".join(problems)}
+        return r
 
 
 def reduce(c: Config, reports: list[dict]) -> dict:
@@ -73,15 +72,14 @@ def reduce(c: Config, reports: list[dict]) -> dict:
         row["error"] = errors[0]
     if not ok:
         return row
-    for k in NUMERIC:
-        vals = [r[k] for r in ok if k in r]
-        if vals:
-            row[k] = statistics.median(vals)
-            row[k + "_min"], row[k + "_max"] = min(vals), max(vals)
+    for k in report_schema.numeric_keys():
+        vals = [r[k] for r in ok]
+        row[k] = statistics.median(vals)
+        row[k + "_min"], row[k + "_max"] = min(vals), max(vals)
     for k in ("p50", "p95", "max"):
         row[f"token_latency_{k}_ms"] = statistics.median(r["token_latency_ms"][k] for r in ok)
-    for k in ("memory_budget_bytes", "expert_bytes_total", "quant", "backend"):
-        row[k] = ok[0].get(k, row.get(k))
+    for k in ("quant", "backend"):
+        row[k] = ok[0][k]
     row["prefetch_issued"] = statistics.median(r["prefetch"]["issued"] for r in ok)
     row["prefetch_useful"] = statistics.median(r["prefetch"]["useful"] for r in ok)
     row["text"] = ok[0].get("text", "")
