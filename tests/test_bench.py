@@ -15,6 +15,8 @@ def test_bench_writes_schema_records_failures_and_isolates_runs(int4_artifact, t
     rows = {(row["budget"], row["policy"]): row for row in data["rows"]}
     # baselines always present: all resident, no cache, eager
     assert {("all", "lru"), ("all", "none"), ("50%", "lru"), ("1KB", "lru"), ("all", "eager")} <= set(rows)
+    # every report, the eager baseline's included, followed report.schema.json (else the run is an error)
+    assert not [row["error"] for key, row in rows.items() if key != ("1KB", "lru") and "error" in row]
     # a failing configuration is recorded, the others still ran
     assert "below the minimum" in rows[("1KB", "lru")]["error"]
     ok = rows[("50%", "lru")]

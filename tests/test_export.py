@@ -73,14 +73,16 @@ def test_one_expert_file_runs_alone_and_matches_eager(request, tiny_model, backe
         assert err <= (tol if scheme == "fp32" else tol * np.abs(want).max()), (n, err)
 
 
-def test_int4_files_are_four_bit(int4_artifact, tiny_model):
+def test_int4_files_are_four_bit(int4_artifact, fp32_artifact, tiny_model):
     expert = load_model(tiny_model)[0].layers[0].ffn.experts[0]
     params = sum(p.numel() for p in expert.parameters())
-    m = manifest(int4_artifact)
     for backend in ("executorch", "onnx"):
-        size = m["backends"][backend]["experts"][0]["bytes"]
-        # 4 bits a weight plus one scale per group of 32 (fp32 or bf16) plus the program's framing
-        assert params / 2 < size < params / 2 + params / 32 * 4 + 12_000, (backend, size, params)
+        size = manifest(int4_artifact)["backends"][backend]["experts"][0]["bytes"]
+        # the program's framing (graph, names, headers): what the same expert's fp32 file holds beyond its weights
+        framing = manifest(fp32_artifact)["backends"][backend]["experts"][0]["bytes"] - 4 * params
+        # 4 bits a weight, one scale per group of 32 (at most fp32), and the framing; the int4 graph names a
+        # scale tensor per matrix more, measured at 1.05x (executorch) and 0.66x (onnx) the fp32 framing
+        assert params / 2 < size < params / 2 + params / 32 * 4 + 1.5 * framing, (backend, size, params, framing)
 
 
 def _run(*args, cwd, **kw):
@@ -121,8 +123,12 @@ def test_interrupted_export_leaves_nothing(tmp_path, tiny_model):
     p = subprocess.Popen([*CLI, str(tiny_model), "--out", str(out), "--jobs", "1"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True, start_new_session=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(15)  # well into exporting programs
-    assert p.poll() is None, "export finished before it could be interrupted"
+    # interrupt once the first program files exist: the export is then in the middle of writing its parts
+    deadline = time.monotonic() + 120
+    while p.poll() is None and not list(tmp_path.glob(".art.*.partial/*/*/*.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert p.poll() is None, "export finished (or failed) before it could be interrupted"
+    assert list(tmp_path.glob(".art.*.partial/*/*/*.*")), "no program file written within 120 s"
     os.killpg(p.pid, signal.SIGINT)
     try:
         _, err = p.communicate(timeout=60)  # reads stderr while waiting: a full pipe cannot block the child

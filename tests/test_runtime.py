@@ -6,12 +6,13 @@ import sys
 import numpy as np
 import pytest
 
+from cosmoe_edge.errors import RequestError
 from cosmoe_edge.model.checkpoint import load_model
 from cosmoe_edge.model.generate import generate as eager_generate
+from cosmoe_edge.runtime import RunOptions, run
 from cosmoe_edge.runtime.engine import Engine
 from cosmoe_edge.runtime.generate import Sampler, generate
-from cosmoe_edge.runtime.manifest import ArtifactError
-from cosmoe_edge.runtime.run import run
+from cosmoe_edge.runtime.report import problems
 
 PROMPT = "The list type is"
 BACKENDS = ["executorch", "onnx"]
@@ -59,39 +60,42 @@ def test_any_budget_gives_the_same_tokens(int4_artifact, backend, policy):
 
 def test_budget_below_one_layers_experts_is_refused(int4_artifact):
     engine = Engine(int4_artifact, "onnx")
-    with pytest.raises(ArtifactError, match=f"minimum of {engine.min_budget:,} bytes"):
+    with pytest.raises(RequestError, match=f"minimum of {engine.min_budget:,} bytes"):
         Engine(int4_artifact, "onnx", budget_bytes=engine.min_budget - 1)
 
 
 def test_report_has_the_contract_keys_and_consistent_counts(int4_artifact):
-    r = run(int4_artifact, PROMPT, 24, "onnx", "50%", "lru")
-    keys = ("backend quant prompt_tokens generated_tokens text ttft_ms prefill_tokens_per_s decode_tokens_per_s "
-            "token_latency_ms load_ms peak_rss_bytes rss_after_load_bytes storage_read_bytes memory_budget_bytes "
-            "expert_bytes_total resident_expert_bytes_peak expert_hits expert_misses expert_evictions "
-            "expert_hit_rate expert_switch_rate prefetch").split()
-    assert all(k in r for k in keys)
-    assert set(r["token_latency_ms"]) == {"p50", "p95", "max"} and set(r["prefetch"]) == {"issued", "useful"}
+    r = run(int4_artifact, RunOptions(prompt=PROMPT, max_new_tokens=24, backend="onnx", memory_budget="50%"))
+    assert problems(r) == []  # report.schema.json: every key, in its order, of its type
     assert r["generated_tokens"] == 24 and r["resident_expert_bytes_peak"] <= r["memory_budget_bytes"]
     assert r["memory_budget_bytes"] == r["expert_bytes_total"] // 2
-    # every token visits each layer's top-k experts once: hits + misses = tokens x layers x k at most
-    assert 0 < r["expert_hits"] + r["expert_misses"] <= (r["prompt_tokens"] + 24) * 2 * 2
+    # each forward pass uses every layer's experts: top_k per layer for a decode step, the distinct experts
+    # of the prompt's tokens (top_k to tokens x top_k) for the prefill; the last token is never fed back
+    cfg = json.loads((int4_artifact / "manifest.json").read_text())["model"]
+    per_step = cfg["n_layers"] * cfg["top_k"]
+    uses = r["expert_hits"] + r["expert_misses"]
+    assert per_step * 24 <= uses <= per_step * (r["prompt_tokens"] + 23)
+    assert 0 <= r["expert_misses_decode"] <= r["expert_misses"]
     assert 0 <= r["expert_switch_rate"] <= 1 and r["peak_rss_bytes"] >= r["rss_after_load_bytes"]
 
 
 def test_prefetch_keeps_tokens_and_budget(int4_artifact):
-    base = run(int4_artifact, PROMPT, 32, "onnx", "50%", "lru")
-    pre = run(int4_artifact, PROMPT, 32, "onnx", "50%", "lru", prefetch=True)
+    base = run(int4_artifact, RunOptions(prompt=PROMPT, max_new_tokens=32, backend="onnx", memory_budget="50%"))
+    pre = run(int4_artifact, RunOptions(prompt=PROMPT, max_new_tokens=32, backend="onnx", memory_budget="50%",
+                                         prefetch=True))
     assert pre["text"] == base["text"]
     assert pre["prefetch"]["issued"] > 0 and 0 <= pre["prefetch"]["useful"] <= pre["prefetch"]["issued"]
     assert pre["resident_expert_bytes_peak"] <= pre["memory_budget_bytes"]
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(int4_artifact):
-    a = run(int4_artifact, PROMPT, 16, "onnx", temperature=0.9, top_p=0.9, seed=3)["text"]
-    b = run(int4_artifact, PROMPT, 16, "onnx", temperature=0.9, top_p=0.9, seed=3)["text"]
+    sampled = RunOptions(prompt=PROMPT, max_new_tokens=16, backend="onnx", temperature=0.9, top_p=0.9, seed=3)
+    a = run(int4_artifact, sampled)["text"]
+    b = run(int4_artifact, sampled)["text"]
     assert a == b
-    greedy = run(int4_artifact, PROMPT, 16, "onnx")["text"]
-    assert run(int4_artifact, PROMPT, 16, "onnx", temperature=1.5, top_k=1, seed=7)["text"] == greedy
+    greedy = run(int4_artifact, RunOptions(prompt=PROMPT, max_new_tokens=16, backend="onnx"))["text"]
+    assert run(int4_artifact, RunOptions(prompt=PROMPT, max_new_tokens=16, backend="onnx", temperature=1.5,
+                                    top_k=1, seed=7))["text"] == greedy
     s = Sampler(temperature=1.0, top_p=0.5, seed=0)
     logits = np.array([5.0, 4.9, 0.0, -1.0])
     assert {s(logits) for _ in range(50)} <= {0, 1}
@@ -159,14 +163,30 @@ def test_bad_artifacts_give_one_clear_line(int4_artifact, tmp_path, edit, messag
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_corrupt_program_without_checksums_is_detected_not_run(int4_artifact, tmp_path):
-    art = corrupt_copy(int4_artifact, tmp_path, _flip_expert_byte)
-    for backend in ("executorch", "onnx"):
-        m = json.loads((art / "manifest.json").read_text())
-        p = art / m["backends"][backend]["experts"][0]["path"]
-        p.write_bytes(b"\0" * p.stat().st_size)  # same size, garbage content
-        r = edge_run(art, "--prompt", PROMPT, "--backend", backend, "--no-verify", "--memory-budget", "all")
-        assert r.returncode == 2 and "corrupt or truncated" in r.stderr, r.stderr[-1500:]
+def _damage(offset: int | None):
+    """Same size, so only the program's own checks can tell: zeros everywhere, or one header byte set to 0xFF
+    (at 0 the flatbuffer's root offset, at 4 its file identifier: ExecuTorch 1.5.1 segfaults or aborts on them)."""
+    def edit(data: bytes) -> bytes:
+        if offset is None:
+            return bytes(len(data))
+        b = bytearray(data)
+        b[offset] = 0xFF
+        return bytes(b)
+    return edit
+
+
+@pytest.mark.parametrize("backend,offset", [("executorch", None), ("executorch", 0), ("executorch", 4),
+                                            ("onnx", None), ("onnx", 0)])
+def test_corrupt_program_without_checksums_is_detected_not_run(int4_artifact, tmp_path, backend, offset):
+    art = tmp_path / "art"
+    shutil.copytree(int4_artifact, art)
+    m = json.loads((art / "manifest.json").read_text())
+    p = art / m["backends"][backend]["experts"][0]["path"]
+    p.write_bytes(_damage(offset)(p.read_bytes()))
+    r = edge_run(art, "--prompt", PROMPT, "--backend", backend, "--no-verify", "--memory-budget", "all")
+    assert r.returncode == 2 and "corrupt" in r.stderr, (r.returncode, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stdout == PROMPT + "\n"  # the echoed prompt's line is ended, the run failed at the first expert
 
 
 def test_user_errors_are_one_clear_line(int4_artifact, tmp_path):

@@ -27,7 +27,9 @@ def test_bles_lowers_switch_rate(tmp_path, small_corpus):
     opts = TrainOptions(steps=80, eval_every=80, lr=3e-3, **FAST)
     base = run(tiny_config(bles_weight=0.0), opts, tmp_path / "a.pt", small_corpus, None, quiet=True)
     bles = run(tiny_config(bles_weight=1.0), opts, tmp_path / "b.pt", small_corpus, None, quiet=True)
-    assert bles["switch_rate_mean"] < 0.7 * base["switch_rate_mean"], (bles["switch_rate_mean"],
+    # BlES exists to cut switches: it must at least halve the rate of the same run without it (measured
+    # here: 0.018 against 0.36, a 20x cut; a changed seed moves either by a few points, not 2x)
+    assert bles["switch_rate_mean"] < 0.5 * base["switch_rate_mean"], (bles["switch_rate_mean"],
                                                                        base["switch_rate_mean"])
 
 
