@@ -50,7 +50,7 @@ if [ ${#classes[@]} -eq 0 ]; then
 fi
 
 set +e
-java -Dconformance.dir="$CONFORMANCE" -cp "$CP:$BUILD/main:$BUILD/test" org.junit.runner.JUnitCore "${classes[@]}" \
+java -Dconformance.dir="$CONFORMANCE" -Dreport.schema="$ROOT/cosmoe_edge/runtime/report.schema.json" -cp "$CP:$BUILD/main:$BUILD/test" org.junit.runner.JUnitCore "${classes[@]}" \
     2>&1 | tee "$BUILD/junit.log"
 status=${PIPESTATUS[0]}
 set -e

@@ -5,7 +5,7 @@ import com.google.gson.JsonObject;
 
 import java.io.File;
 
-/** One edge-run (edge_runtime/run.py run): load, generate, measure; the report edge-run writes. */
+/** One edge-run (cosmoe_edge/runtime/run.py run): load, generate, measure; the report edge-run writes. */
 public final class EdgeRun {
     /** edge-run's options. */
     public static final class Request {
@@ -94,6 +94,7 @@ public final class EdgeRun {
             final TextStream text = new TextStream(tokenizer, listener);
             final long[] startNs = {System.nanoTime(), 0};  // run start, first-token time
             final int[] count = {0};
+            final int[] missesAtFirst = {-1};  // the cache's misses once the prompt is in: what follows is decode's
             Generator.TokenListener onToken = new Generator.TokenListener() {
                 @Override
                 public void onToken(int token) {
@@ -101,6 +102,7 @@ public final class EdgeRun {
                     long now = System.nanoTime();
                     if (count[0]++ == 0) {
                         startNs[1] = now;
+                        missesAtFirst[0] = engine.cache.misses();
                     }
                     if (listener != null) {
                         listener.onProgress(progress(engine, count[0], (startNs[1] - startNs[0]) / 1e6,
@@ -112,6 +114,7 @@ public final class EdgeRun {
             result = Generator.generate(engine, promptIds, req.maxNewTokens,
                     new Sampler(req.temperature, req.topK, req.topP, req.seed),
                     eos == null || eos.isJsonNull() ? null : eos.getAsInt(), onToken, stop);
+            r.expertMissesDecode = missesAtFirst[0] < 0 ? 0 : engine.cache.misses() - missesAtFirst[0];
         } finally {
             engine.close();
         }

@@ -7,8 +7,14 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
-/** The figures of one run, written as the same JSON (same keys, same order) as {@code edge-run --report}. */
+/**
+ * The figures of one run, written as the same JSON (same keys, same order) as {@code edge-run --report}.
+ * The keys are defined once, in cosmoe_edge/runtime/report.schema.json; a test checks this class against it.
+ */
 public final class Report {
+    /** report.schema.json's report_version. */
+    public static final int VERSION = 2;
+
     public String backend;
     public String quant;
     public int promptTokens;
@@ -21,6 +27,8 @@ public final class Report {
     public double latencyP95Ms;
     public double latencyMaxMs;
     public double loadMs;
+    /** No runtime library is imported on the JVM: the native libraries load with the app. */
+    public double runtimeImportMs;
     public long peakRssBytes;
     public long rssAfterLoadBytes;
     public long storageReadBytes;
@@ -29,6 +37,8 @@ public final class Report {
     public long residentExpertBytesPeak;
     public int expertHits;
     public int expertMisses;
+    /** The misses after the first token (the prompt's first loads are the time to first token's). */
+    public int expertMissesDecode;
     public int expertEvictions;
     public double expertHitRate;
     public double expertSwitchRate;
@@ -36,6 +46,8 @@ public final class Report {
     public int prefetchUseful;
     public double expertLoadMs;
     public int expertLoads;
+    /** The Android demo has no preload option: always false. */
+    public boolean preloaded;
     public String process;
 
     /** Fills the timing figures from a generation's timings, as run.py does. */
@@ -73,6 +85,7 @@ public final class Report {
 
     public Map<String, Object> toMap() {
         Map<String, Object> m = new LinkedHashMap<>();
+        m.put("report_version", VERSION);
         m.put("backend", backend);
         m.put("quant", quant);
         m.put("prompt_tokens", promptTokens);
@@ -87,6 +100,7 @@ public final class Report {
         lat.put("max", latencyMaxMs);
         m.put("token_latency_ms", lat);
         m.put("load_ms", loadMs);
+        m.put("runtime_import_ms", runtimeImportMs);
         m.put("peak_rss_bytes", peakRssBytes);
         m.put("rss_after_load_bytes", rssAfterLoadBytes);
         m.put("storage_read_bytes", storageReadBytes);
@@ -95,6 +109,7 @@ public final class Report {
         m.put("resident_expert_bytes_peak", residentExpertBytesPeak);
         m.put("expert_hits", expertHits);
         m.put("expert_misses", expertMisses);
+        m.put("expert_misses_decode", expertMissesDecode);
         m.put("expert_evictions", expertEvictions);
         m.put("expert_hit_rate", expertHitRate);
         m.put("expert_switch_rate", expertSwitchRate);
@@ -104,6 +119,7 @@ public final class Report {
         m.put("prefetch", prefetch);
         m.put("expert_load_ms", expertLoadMs);
         m.put("expert_loads", expertLoads);
+        m.put("preloaded", preloaded);
         m.put("process", process);
         return m;
     }

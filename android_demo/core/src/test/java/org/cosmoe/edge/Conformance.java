@@ -19,18 +19,23 @@ final class Conformance {
     }
 
     static File dir() {
-        String p = System.getProperty("conformance.dir");
+        return new File(repoFile("conformance.dir", "tests/conformance/generation.json")).getParentFile();
+    }
+
+    /** The system property's path, else {@code relative} in the first folder above the working directory that has it. */
+    static String repoFile(String property, String relative) {
+        String p = System.getProperty(property);
         if (p != null) {
-            return new File(p);
+            return property.endsWith(".dir") ? new File(p, new File(relative).getName()).getPath() : p;
         }
         for (File d = new File("").getAbsoluteFile(); d != null; d = d.getParentFile()) {
-            File c = new File(d, "tests/conformance");
-            if (new File(c, "generation.json").isFile()) {
-                return c;
+            File f = new File(d, relative);
+            if (f.isFile()) {
+                return f.getPath();
             }
         }
-        throw new IllegalStateException("no tests/conformance folder above " + new File("").getAbsolutePath()
-                + "; pass -Dconformance.dir=...");
+        throw new IllegalStateException("no " + relative + " above " + new File("").getAbsolutePath() + "; pass -D"
+                + property + "=...");
     }
 
     static File file(String name) {

@@ -3,26 +3,26 @@ package org.cosmoe.edge;
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertTrue;
 
+import com.google.gson.JsonArray;
 import com.google.gson.JsonElement;
 import com.google.gson.JsonObject;
 
 import org.junit.Test;
 
 import java.util.ArrayList;
-import java.util.Collections;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
-import java.util.TreeSet;
+import java.util.Set;
 
 /**
- * cache.json: the Java expert cache, driven with generation.json's routing choices in the order the
- * Python engine requests experts (per step, per layer: the needed experts, resident first, then by
- * id), makes the identical event list and counts at each recorded budget and policy.
+ * cache.json: the Java expert cache, given the operations the Python engine asked of its cache (get or
+ * prefetch, with the experts it pinned) in the recorded order, makes the identical event list and
+ * counts at each recorded budget and policy, with and without prefetch.
  */
 public class ConformanceCacheTest {
     private final JsonObject cache = Conformance.json("cache.json");
-    private final JsonObject g = Conformance.json("generation.json");
 
     /** Costs from cache.json; loading gives a program that does nothing. */
     private static final class Costs implements ExpertSource {
@@ -72,44 +72,40 @@ public class ConformanceCacheTest {
     @Test
     public void sameEventsAsPythonForEveryRun() {
         int runs = 0;
+        int prefetchRuns = 0;
         for (JsonElement re : cache.getAsJsonArray("runs")) {
             JsonObject run = re.getAsJsonObject();
             List<String> events = new ArrayList<>();
             ExpertCache c = new ExpertCache(costs(), run.get("budget").getAsLong(),
                     CachePolicy.named(run.get("policy").getAsString()), CacheEvents.into(events));
-            for (JsonElement se : g.getAsJsonArray("steps")) {
-                JsonObject step = se.getAsJsonObject();
-                int layer = step.get("layer").getAsInt();
-                TreeSet<Integer> needed = new TreeSet<>();
-                for (int[] row : Conformance.intRows(step.get("experts"))) {
-                    for (int e : row) {
-                        needed.add(e);
-                    }
+            for (JsonElement oe : run.getAsJsonArray("ops")) {
+                JsonArray op = oe.getAsJsonArray();
+                ExpertKey key = new ExpertKey(op.get(1).getAsInt(), op.get(2).getAsInt());
+                Set<ExpertKey> pinned = new HashSet<>();
+                for (JsonElement p : op.get(3).getAsJsonArray()) {
+                    pinned.add(new ExpertKey(p.getAsJsonArray().get(0).getAsInt(), p.getAsJsonArray().get(1).getAsInt()));
                 }
-                List<Integer> order = new ArrayList<>();
-                for (int e : needed) {
-                    if (c.isResident(new ExpertKey(layer, e))) {
-                        order.add(e);
-                    }
-                }
-                for (int e : needed) {
-                    if (!order.contains(e)) {
-                        order.add(e);
-                    }
-                }
-                for (int e : order) {
-                    ExpertKey key = new ExpertKey(layer, e);
-                    c.get(key, Collections.singleton(key));
+                String kind = op.get(0).getAsString();
+                if (kind.equals("get")) {
+                    c.get(key, pinned);
+                } else if (kind.equals("prefetch")) {
+                    c.prefetch(key, pinned);
+                } else {
+                    throw new AssertionError("unknown cache operation " + kind);
                 }
             }
-            String label = run.get("policy").getAsString() + " at " + run.get("budget");
+            String label = run.get("policy").getAsString() + " at " + run.get("budget")
+                    + (run.get("prefetch").getAsBoolean() ? " with prefetch" : "");
             assertEquals(label, CacheEvents.recorded(run), events);
             assertEquals(label + " hits", run.get("hits").getAsInt(), c.hits());
             assertEquals(label + " misses", run.get("misses").getAsInt(), c.misses());
             assertEquals(label + " evictions", run.get("evictions").getAsInt(), c.evictions());
+            assertEquals(label + " useful prefetches", run.get("prefetch_useful").getAsInt(), c.prefetchUseful());
             assertTrue(label + " stays within budget", c.peakBytes() <= run.get("budget").getAsLong());
             runs++;
+            prefetchRuns += run.get("prefetch").getAsBoolean() ? 1 : 0;
         }
         assertTrue("no cache runs", runs > 0);
+        assertTrue("no prefetch runs", prefetchRuns > 0);
     }
 }

@@ -161,6 +161,9 @@ public class ConformanceDecodeLoopTest {
         int runs = 0;
         for (JsonElement re : cache.getAsJsonArray("runs")) {
             JsonObject run = re.getAsJsonObject();
+            if (run.get("prefetch").getAsBoolean()) {
+                continue;  // the replayed programs have no real expert input to guess from: ConformanceCacheTest has these
+            }
             TestArtifact a = spec();
             File root = a.write(tmp.newFolder());
             final List<String> events = new ArrayList<>();

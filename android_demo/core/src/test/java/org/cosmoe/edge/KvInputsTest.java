@@ -5,59 +5,91 @@ import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import com.google.gson.JsonArray;
+import com.google.gson.JsonElement;
+import com.google.gson.JsonObject;
+
 import org.junit.Test;
 
 import java.nio.ByteOrder;
 
 /**
- * RoPE rows, the attention mask, and the KV cache's past rows and write, against values
- * cosmoe_edge/runtime/kv.py computes (rope_rows, attention_mask, KVCache.past/write).
+ * RoPE rows, the attention mask, and the KV cache's past rows and write, against the values
+ * cosmoe_edge/runtime/kv.py computes (kv_cases.json: rope_rows, attention_mask, KVCache.past/write).
  */
 public class KvInputsTest {
     private static final int ZERO = Float.floatToIntBits(0f);
     private static final int NEG = Float.floatToIntBits(Float.NEGATIVE_INFINITY);
+    private final JsonObject cases = Conformance.json("kv_cases.json");
 
     @Test
     public void ropeRowsAreKvPysBitForBit() {
-        Rope rope = new Rope(4, 8, 10000.0);
-        // rope_rows(4, 8, 10000.0)[.][5, 0] as float32 bit patterns
-        int[] cos = {0x3e913c2c, 0x3f7fae19, 0x3e913c2c, 0x3f7fae19};
-        int[] sin = {0xbf757c10, 0x3d4cb6f5, 0xbf757c10, 0x3d4cb6f5};
-        float[] c = rope.cos(5, 1).toArray();
-        float[] s = rope.sin(5, 1).toArray();
-        for (int i = 0; i < 4; i++) {
-            assertEquals("cos " + i, cos[i], Float.floatToIntBits(c[i]));
-            assertEquals("sin " + i, sin[i], Float.floatToIntBits(s[i]));
-        }
-        assertArrayEquals(new long[] {3, 1, 4}, rope.cos(2, 3).shape);
-    }
-
-    /** attention_mask(pos0, n_new, rep) as rows of '0' (+0.0) and '-' (-inf), printed by kv.py. */
-    private static void assertMask(int pos0, int n, int rep, String... rows) {
-        String label = "attention_mask(" + pos0 + ", " + n + ", " + rep + ")";
-        FloatTensor m = AttentionMask.build(pos0, n, rep);
-        int width = rows[0].length();
-        assertArrayEquals(label + " shape", new long[] {rows.length, width}, m.shape);
-        assertTrue(label + " direct, native order", m.data.isDirect() && m.data.order() == ByteOrder.nativeOrder());
-        float[] v = m.toArray();
-        for (int r = 0; r < rows.length; r++) {
-            for (int c = 0; c < width; c++) {
-                int want = rows[r].charAt(c) == '0' ? ZERO : NEG;
-                assertEquals(label + " row " + r + " col " + c, want, Float.floatToIntBits(v[r * width + c]));
+        int n = 0;
+        for (JsonElement e : cases.getAsJsonArray("rope")) {
+            JsonObject c = e.getAsJsonObject();
+            int headDim = c.get("head_dim").getAsInt();
+            int pos = c.get("pos").getAsInt();
+            Rope rope = new Rope(headDim, c.get("max_seq_len").getAsInt(), c.get("theta").getAsDouble());
+            float[] cos = rope.cos(pos, 1).toArray();
+            float[] sin = rope.sin(pos, 1).toArray();
+            int[] wantCos = Conformance.ints(c.get("cos_bits"));
+            int[] wantSin = Conformance.ints(c.get("sin_bits"));
+            for (int i = 0; i < headDim; i++) {
+                assertEquals("cos " + headDim + "/" + pos + " " + i, wantCos[i], Float.floatToIntBits(cos[i]));
+                assertEquals("sin " + headDim + "/" + pos + " " + i, wantSin[i], Float.floatToIntBits(sin[i]));
             }
+            n++;
         }
+        assertTrue("no rope cases", n > 0);
+        assertArrayEquals(new long[] {3, 1, 4}, new Rope(4, 8, 10000.0).cos(2, 3).shape);
     }
 
     @Test
     public void maskMatchesKvPy() {
-        // pos0 = 0: one dummy past column, masked; the new tokens causal among themselves
-        assertMask(0, 1, 1, "-0");
-        assertMask(0, 3, 2, "-0--", "-00-", "-000", "-0--", "-00-", "-000");
-        // pos0 = 1: the single past column is real and visible
-        assertMask(1, 1, 2, "00", "00");
-        assertMask(2, 3, 2, "000--", "0000-", "00000", "000--", "0000-", "00000");
-        assertMask(5, 1, 3, "000000", "000000", "000000");
-        assertMask(4, 2, 1, "00000-", "000000");
+        int n = 0;
+        for (JsonElement e : cases.getAsJsonArray("masks")) {
+            JsonObject c = e.getAsJsonObject();
+            int pos0 = c.get("pos0").getAsInt();
+            int tokens = c.get("n").getAsInt();
+            int rep = c.get("rep").getAsInt();
+            String label = "attention_mask(" + pos0 + ", " + tokens + ", " + rep + ")";
+            JsonArray rows = c.getAsJsonArray("rows");
+            FloatTensor m = AttentionMask.build(pos0, tokens, rep);
+            int width = rows.get(0).getAsString().length();
+            assertArrayEquals(label + " shape", new long[] {rows.size(), width}, m.shape);
+            assertTrue(label + " direct, native order", m.data.isDirect() && m.data.order() == ByteOrder.nativeOrder());
+            float[] v = m.toArray();
+            for (int r = 0; r < rows.size(); r++) {
+                for (int col = 0; col < width; col++) {
+                    int want = rows.get(r).getAsString().charAt(col) == '0' ? ZERO : NEG;
+                    assertEquals(label + " row " + r + " col " + col, want, Float.floatToIntBits(v[r * width + col]));
+                }
+            }
+            n++;
+        }
+        assertTrue("no mask cases", n > 0);
+    }
+
+    @Test
+    public void kvWritesAndPastRowsMatchKvPy() {
+        JsonObject spec = cases.getAsJsonObject("kv");
+        KvCache kv = new KvCache(spec.get("n_layers").getAsInt(), spec.get("n_kv_heads").getAsInt(),
+                spec.get("max_seq_len").getAsInt(), spec.get("head_dim").getAsInt());
+        for (JsonElement e : spec.getAsJsonArray("steps")) {
+            JsonObject s = e.getAsJsonObject();
+            int[] shape = Conformance.ints(s.get("shape"));
+            kv.write(0, s.get("pos0").getAsInt(), FloatTensor.of(Conformance.floats(s.get("k")), shape[0], shape[1], shape[2]),
+                    FloatTensor.of(Conformance.floats(s.get("v")), shape[0], shape[1], shape[2]));
+            assertArrayEquals(Conformance.floats(s.get("cache_k")), kv.keys(0).toArray(), 0f);
+            assertArrayEquals(Conformance.floats(s.get("cache_v")), kv.values(0).toArray(), 0f);
+            for (JsonElement pe : s.getAsJsonArray("past")) {
+                JsonObject p = pe.getAsJsonObject();
+                int pos0 = p.get("pos0").getAsInt();
+                assertArrayEquals("past keys at " + pos0, Conformance.floats(p.get("k")), kv.pastKeys(0, pos0).toArray(), 0f);
+                assertArrayEquals("past values at " + pos0, Conformance.floats(p.get("v")),
+                        kv.pastValues(0, pos0).toArray(), 0f);
+            }
+        }
     }
 
     @Test

@@ -3,6 +3,7 @@ package org.cosmoe.edge.demo;
 import org.cosmoe.edge.ArtifactException;
 import org.cosmoe.edge.ProgramLoader;
 import org.cosmoe.edge.ProgramRunner;
+import org.cosmoe.edge.PteHeader;
 import org.pytorch.executorch.Module;
 
 import java.io.File;
@@ -10,7 +11,8 @@ import java.util.List;
 
 /**
  * Opens .pte programs with the ExecuTorch Android library, loading every method up front (as the
- * Python runtime's load_method does) so a corrupt file fails here as corrupt_program.
+ * Python runtime's load_method does) so a corrupt file fails here as corrupt_program. Its header is
+ * checked first, as backends.py does.
  */
 final class ExecuTorchLoader implements ProgramLoader {
     private final int threads;
@@ -22,6 +24,7 @@ final class ExecuTorchLoader implements ProgramLoader {
 
     @Override
     public ProgramRunner open(File path, List<String> methods) {
+        PteHeader.check(path);  // some damaged headers abort the process inside ExecuTorch 1.5.1
         Module module = null;
         try {
             // mmap with mlock, errors ignored: the data loader the Python runtime (pybindings) uses
