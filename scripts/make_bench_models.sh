@@ -3,7 +3,7 @@
 #   default-int4, default-int8, default-fp32   the shipped model at each quantisation
 #   nobles-int4                                 the same model trained without BlES (scripts/model_card_runs.sh)
 #   wearable-int4                               the CoSMoE paper's wearable-scale shape, random weights
-#   llamacpp-ref-int4                           the Mixtral shape of DEVELOPERS.md's llama.cpp figure, random weights
+#   llamacpp-ref-int4                           a Mixtral shape (153M) for comparisons with llama.cpp, random weights
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s setup
