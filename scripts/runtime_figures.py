@@ -77,7 +77,7 @@ def fixed_cost() -> list[str]:
               "import numpy, onnxruntime, tokenizers, cosmoe_edge.runtime.engine",
               "executorch (+ torch, executorch.runtime)":
               "import cosmoe_edge.runtime.engine; from cosmoe_edge.runtime.backends import silenced_stderr\n"
-              "with silenced_stderr():\n    import torch, executorch.runtime"}
+              "with silenced_stderr(python_logging=True):\n    import torch, executorch.runtime"}
     rows = ["| backend | RSS after imports |", "|---|---|"]
     for name, code in probes.items():
         out = subprocess.run([sys.executable, "-c", code + "\nfrom cosmoe_edge.runtime.metrics import rss_bytes\n"

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from cosmoe_edge.errors import RequestError
+from cosmoe_edge.errors import ArtifactError, RequestError
 from cosmoe_edge.model.checkpoint import load_model
 from cosmoe_edge.model.generate import generate as eager_generate
 from cosmoe_edge.runtime import RunOptions, run
@@ -230,3 +230,25 @@ def test_eviction_returns_memory_to_the_os(int4_artifact):
         # loading every expert raises RSS; releasing them and trimming the heap gives it back
         assert fp["rss_loaded"] > 0
         assert fp["rss_after_malloc_trim"] < 0.25 * fp["rss_loaded"] + 256 * 1024, fp
+
+
+def test_store_checks_sha256_again_when_a_file_changed_after_its_first_load(int4_artifact, tmp_path, monkeypatch):
+    from cosmoe_edge.runtime import manifest, store
+
+    art = tmp_path / "art"
+    shutil.copytree(int4_artifact, art)
+    m = json.loads((art / "manifest.json").read_text())
+    entries = m["backends"]["executorch"]["experts"]
+    hashed = []
+    monkeypatch.setattr(manifest, "sha256_file", lambda p, f=manifest.sha256_file: hashed.append(p) or f(p))
+    s = store.ExpertStore(art, "executorch", entries, verify_sha=True, threads=1)
+    s.load((0, 0)).release()
+    s.load((0, 0)).release()
+    assert len(hashed) == 1  # unchanged since its check: not hashed again
+    p = art / entries[0]["path"]
+    b = bytearray(p.read_bytes())
+    b[len(b) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    p.write_bytes(bytes(b))
+    with pytest.raises(ArtifactError, match="does not match its sha256") as e:
+        s.load((0, 0))
+    assert e.value.kind == "sha_mismatch"

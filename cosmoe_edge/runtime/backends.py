@@ -15,25 +15,31 @@ import numpy as np
 from cosmoe_edge.errors import ArtifactError, require
 
 _devnull = None
+_initialised = False  # ExecuTorch has loaded a program: cpuinfo and XNNPACK have said their piece
 
 
 @contextlib.contextmanager
-def silenced_stderr():
-    """ExecuTorch's C++ side (cpuinfo, XNNPACK init, a failed verification) and torchao's import write
+def silenced_stderr(python_logging: bool = False):
+    """ExecuTorch's C++ side (cpuinfo and XNNPACK at their first use, a failed verification) writes
     diagnostics to fd 2 that mean nothing to a user; failures still reach us as exceptions, which say it
-    in one line. Costs a few microseconds (four syscalls), against ~500 us for creating a program."""
+    in one line. With python_logging, Python's logging is held below ERROR too (torchao's import): ~0.1 ms
+    with torch's 400 loggers. edge-run holds fd 2 for the whole run; the library itself only around the
+    import and the first program load (even the redirect's system calls measured ~25 us per load in
+    place). Nests: each exit restores what fd 2 was at its entry."""
     global _devnull
     if _devnull is None:
         _devnull = os.open(os.devnull, os.O_WRONLY)
-    logging.disable(logging.WARNING)
+    if python_logging:
+        logging.disable(logging.WARNING)
     saved = os.dup(2)
+    os.dup2(_devnull, 2)
     try:
-        os.dup2(_devnull, 2)
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        logging.disable(logging.NOTSET)
+        if python_logging:
+            logging.disable(logging.NOTSET)
 
 
 class OnnxProgram:
@@ -79,7 +85,7 @@ def check_pte_header(path) -> None:
     """Refuse a .pte whose header does not describe a program of this file's size. ExecuTorch 1.5.1
     aborts the whole process (a C++ exception through pybind11) on some damaged headers, e.g. a file
     identifier that is not UTF-8, and only the full flatbuffer check (Verification.InternalConsistency,
-    ~1 us) keeps damaged table offsets from crashing it. Layout: root offset u32, identifier "ET12",
+    a few us) keeps damaged table offsets from crashing it. Layout: root offset u32, identifier "ET12",
     then the extended header "eh00", its length u32, program size u64, segment offset u64 and
     segment size u64 (all little-endian)."""
     fd = os.open(path, os.O_RDONLY)
@@ -108,17 +114,21 @@ def check_pte_header(path) -> None:
 
 
 class ExecuTorchProgram:
-    """An ExecuTorch program (.pte, XNNPACK delegate) with the given methods loaded."""
+    """An ExecuTorch program (.pte, XNNPACK delegate) with the given methods loaded. `check_header`
+    may be off only where a sha256 check has vouched for the file's bytes."""
 
-    def __init__(self, path, methods: list[str]):
-        check_pte_header(path)
+    def __init__(self, path, methods: list[str], check_header: bool = True):
+        global _initialised
+        if check_header:
+            check_pte_header(path)
         self.name = path.name
         try:
-            with silenced_stderr():
+            with silenced_stderr() if not _initialised else contextlib.nullcontext():
                 from executorch.runtime import Runtime, Verification
 
                 self.program = Runtime.get().load_program(path, verification=Verification.InternalConsistency)
                 self.methods = {m: self.program.load_method(m) for m in methods}
+            _initialised = True
         except Exception as e:
             raise ArtifactError(f"cannot load {path.name}: corrupt or truncated ExecuTorch program "
                                 f"({str(e).splitlines()[0][:160]})", "corrupt_program") from None
@@ -143,7 +153,7 @@ def import_runtime(backend: str, threads: int = 1):
     torch: seconds, once per process, a fixed cost the report keeps apart from loading the artifact."""
     if backend == "executorch":
         require("edge-run --backend executorch", "executorch", "torch", "executorch")
-        with silenced_stderr():  # importing, and creating or resetting the pool, log to stderr
+        with silenced_stderr(python_logging=True):  # importing, and creating or resetting the pool, log
             import executorch.runtime  # noqa: F401
             import torch  # noqa: F401
             from executorch.extension.pybindings.portable_lib import (
@@ -158,7 +168,10 @@ def import_runtime(backend: str, threads: int = 1):
         import onnxruntime  # noqa: F401
 
 
-def open_program(backend: str, path, methods: list[str], threads: int = 1, expert: bool = False):
+def open_program(backend: str, path, methods: list[str], threads: int = 1, expert: bool = False,
+                 sha_checked: bool = False):
+    """`sha_checked`: the file's sha256 was checked (now, or before with the file unchanged since), so its
+    header needs no check of its own (~30 us of a ~1 ms ExecuTorch load)."""
     if backend == "onnx":
         return OnnxProgram(path, threads, expert)
-    return ExecuTorchProgram(path, methods)
+    return ExecuTorchProgram(path, methods, check_header=not sha_checked)

@@ -47,13 +47,15 @@ def main(
     preload: Annotated[bool, typer.Option(help="Load every expert before the prompt (no lazy loading), for "
                                                "comparison; load_ms includes it.")] = False,
 ):
+    from cosmoe_edge.runtime.backends import silenced_stderr
     from cosmoe_edge.runtime.run import run
 
     try:
         options = RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=backend, memory_budget=memory_budget,
                              cache_policy=cache_policy, prefetch=prefetch, temperature=temperature, top_k=top_k,
                              top_p=top_p, seed=seed, cold=cold, verify=verify, threads=threads, preload=preload)
-        result = run(artifact, options, stream=sys.stdout)
+        with silenced_stderr():  # the runtimes' C++ log lines; what goes wrong reaches us as an exception
+            result = run(artifact, options, stream=sys.stdout)
     except EdgeError as e:
         fail(str(e))
     if report is not None:

@@ -47,7 +47,7 @@ class Engine:
         for f in section["backbone"]["files"]:
             path = check_file(self.artifact, f, verify)
             methods = [p["method"] for p in section["backbone"]["parts"].values() if p["path"] == f["path"]]
-            programs[f["path"]] = open_program(backend, path, methods, threads)
+            programs[f["path"]] = open_program(backend, path, methods, threads, sha_checked=verify)
         for name, p in section["backbone"]["parts"].items():
             self.parts[name] = (programs[p["path"]], p["method"])
 

@@ -6,6 +6,8 @@ Bump FORMAT_VERSION on any change a runtime must know about.
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 from cosmoe_edge.errors import ArtifactError, RequestError
@@ -64,9 +66,13 @@ def backend_section(manifest: dict, backend: str) -> dict:
 def check_file(artifact: Path, entry: dict, verify_sha: bool) -> Path:
     """The entry's file, after checking its size (always) and sha256 (when asked)."""
     path = Path(artifact) / entry["path"]
-    if not path.is_file():
+    try:
+        st = os.stat(path)  # one system call: this runs on every expert load
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
         raise ArtifactError(f"missing file {entry['path']} in {artifact}", "missing_file")
-    size = path.stat().st_size
+    size = st.st_size
     if size != entry["bytes"]:
         raise ArtifactError(f"{entry['path']} is {size} bytes, the manifest says {entry['bytes']}: "
                             "truncated or replaced file", "size_mismatch")
