@@ -256,15 +256,16 @@ def write_vectors(artifact: Path, out: Path):
         costs = [{"layer": e["layer"], "expert": e["expert"], "cost": e["bytes"]}
                  for e in m["backends"][BACKEND]["experts"]]
         low, half, total = engine.min_budget, engine.expert_bytes_total // 2, engine.expert_bytes_total
-        plan = [(low, "lru", False), (low, "lfu", False), (half, "lru", False), (half, "lfu", False),
-                (total, "none", False), (half, "lru", True), (half, "lfu", True)]
+        plan = [(low, "lru", False), (low, "lfu", False), (low, "nextuse", False), (half, "lru", False),
+                (half, "lfu", False), (half, "nextuse", False), (total, "none", False), (half, "lru", True),
+                (half, "lfu", True), (half, "nextuse", True)]
         runs = []
         for budget, policy, prefetch in plan:
             _, gen, run = traced_generation(view, ids, eos, budget, policy, prefetch)
             assert gen == generated, "caching changed the tokens"
             runs.append(run)
     write(out / "cache.json", {"costs": costs, "min_budget": low, "top_k": cfg["top_k"], "expert_bytes_total": total,
-                               "runs": runs})
+                               "n_layers": cfg["n_layers"], "num_experts": cfg["num_experts"], "runs": runs})
     write(out / "kv_cases.json", kv_cases(cfg))
     write(out / "manifest_cases.json", {"backend": BACKEND, "cases": manifest_cases(artifact)})
     write(out / "program_header_cases.json", {"file_name": "expert.pte", "cases": pte_header_cases()})

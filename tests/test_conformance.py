@@ -51,7 +51,8 @@ class CostStore:
 
 def replay(cache_vectors: dict, run: dict) -> tuple[ExpertCache, list]:
     events, store = [], CostStore(cache_vectors["costs"])
-    cache = ExpertCache(store, run["budget"], run["policy"], lambda kind, key, b: events.append([kind, *key, b]))
+    cache = ExpertCache(store, run["budget"], run["policy"], (cache_vectors["n_layers"], cache_vectors["num_experts"]),
+                        lambda kind, key, b: events.append([kind, *key, b]))
     for op, layer, expert, pinned in run["ops"]:
         pins = frozenset(tuple(p) for p in pinned)
         (cache.get if op == "get" else cache.prefetch)((layer, expert), pins)
@@ -60,8 +61,7 @@ def replay(cache_vectors: dict, run: dict) -> tuple[ExpertCache, list]:
 
 def test_cache_events_replay_for_every_budget_policy_and_prefetch():
     c = vectors("cache.json")
-    assert {(r["policy"], r["prefetch"]) for r in c["runs"]} >= {("lru", False), ("lfu", False), ("none", False),
-                                                                 ("lru", True), ("lfu", True)}
+    assert {(r["policy"], r["prefetch"]) for r in c["runs"]} >= {(p, f) for p in ("nextuse", "lru", "lfu") for f in (0, 1)}
     assert sum(e[0] == "prefetch" for r in c["runs"] for e in r["events"]) > 0
     for run in c["runs"]:
         label = f"{run['policy']} at {run['budget']}{' with prefetch' if run['prefetch'] else ''}"

@@ -40,7 +40,7 @@ def test_fp32_greedy_equals_eager_for_64_tokens(fp32_artifact, tiny_model, backe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("policy", ["nextuse", "lru", "lfu"])
 def test_any_budget_gives_the_same_tokens(int4_artifact, backend, policy):
     full, _ = greedy_tokens(int4_artifact, backend, n=48)
     engine = Engine(int4_artifact, backend)

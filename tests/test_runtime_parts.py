@@ -4,6 +4,7 @@ options, the report contract, attention inputs, sampling, routing and the ExecuT
 import dataclasses
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ class Store:
 
 def cache_with(budget, policy="lru", store=None):
     events = []
-    c = ExpertCache(store or Store(), budget, policy, lambda kind, key, b: events.append((kind, key, b)))
+    c = ExpertCache(store or Store(), budget, policy, (4, 8), lambda kind, key, b: events.append((kind, key, b)))
     return c, events
 
 
@@ -69,7 +70,7 @@ def test_lfu_evicts_the_least_used_and_breaks_ties_by_recency():
     assert not c.is_resident((0, 2))
     use(c, (0, 4))  # (0,3) 1 use, the least: out, although (0,0) was used longer ago
     assert not c.is_resident((0, 3)) and c.is_resident((0, 0))
-    lfu = LFU()
+    lfu = LFU(4, 8)
     for k in [(1, 0), (1, 1)]:
         lfu.touch(k)
     assert lfu.victim({(1, 0), (1, 1)}) == (1, 0)  # equal counts: the older one
@@ -273,3 +274,29 @@ def test_route_and_its_tie_break():
     log = RoutingLog()
     log.add(0, 0, None, np.array([[0, 1], [0, 2], [3, 2]]), keep_trace=False)
     assert (log.pairs, log.switched) == (4, 2) and log.switch_rate == 0.5
+
+
+def test_nextuse_equals_belady_on_a_layer_cycle_and_lru_collapses():
+    """Every token visits the 4 layers in turn and each layer keeps its 2 experts: the structure decides
+    Belady's choices (evict what the cycle needs last), and NextUse makes them; LRU, which evicts what the
+    cycle needs soonest, does worse once the budget holds less than a token's 8 experts."""
+    from cosmoe_edge.bench.policy_sim import belady_hit_rate, replay
+
+    visits = [(layer, [layer, 7 - layer]) for _ in range(30) for layer in range(4)]
+    for capacity in range(2, 9):
+        rate, requests = replay(visits, "nextuse", capacity, (4, 8))
+        assert rate == pytest.approx(belady_hit_rate(requests, capacity)), capacity
+        if 2 < capacity < 8:
+            assert replay(visits, "lru", capacity, (4, 8))[0] < rate, capacity
+
+
+def test_nextuse_never_worse_than_lru_on_the_committed_routing():
+    from cosmoe_edge.bench.policy_sim import belady_hit_rate, replay, visits
+
+    g = json.loads((Path(__file__).parent / "conformance" / "generation.json").read_text())
+    v, shape = visits(g["steps"]), (g["n_layers"], g["num_experts"])
+    total = g["n_layers"] * g["num_experts"]
+    for capacity in (total // 2, total // 4, total // 8):
+        nextuse, requests = replay(v, "nextuse", capacity, shape)
+        assert nextuse >= replay(v, "lru", capacity, shape)[0], capacity
+        assert nextuse <= belady_hit_rate(requests, capacity) + 1e-9

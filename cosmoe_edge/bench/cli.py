@@ -96,7 +96,8 @@ def main(
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets (percent of all experts' bytes, or sizes).")]
     = "100%,50%,25%,12.5%",
     backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = "executorch,onnx",
-    policies: Annotated[str, typer.Option(help="Comma-separated cache policies (lru, lfu).")] = "lru,lfu",
+    policies: Annotated[str, typer.Option(help="Comma-separated cache policies that keep experts (nextuse, lru, "
+                                               "lfu).")] = "nextuse,lru,lfu",
     prefetch: Annotated[str, typer.Option(help="off, on, or both.")] = "off",
     prompts: Annotated[Path | None, typer.Option(help="File with one prompt per line (default: one built-in).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from cosmoe_edge.bench.runs import all_resident
 
-STYLES = {"lru": ("tab:blue", "-"), "lru+prefetch": ("tab:blue", ":"), "lfu": ("tab:orange", "-"),
+STYLES = {"nextuse": ("tab:green", "-"), "nextuse+prefetch": ("tab:green", ":"),
+          "lru": ("tab:blue", "-"), "lru+prefetch": ("tab:blue", ":"), "lfu": ("tab:orange", "-"),
           "lfu+prefetch": ("tab:orange", ":")}
 DEVICE_COLORS = ["tab:red", "tab:purple", "tab:green", "tab:brown"]
 

@@ -18,8 +18,9 @@ class ExpertCache:
     """Resident experts under `budget` bytes. The bytes of an expert being prefetched are reserved
     before its load starts, so the budget holds at every moment, with or without prefetch."""
 
-    def __init__(self, store, budget: int, policy: str = "lru", on_event=None):
-        self.store, self.budget, self.policy = store, budget, POLICIES[policy]()
+    def __init__(self, store, budget: int, policy: str, shape: tuple[int, int], on_event=None):
+        """`shape`: (n_layers, num_experts), the layer cycle some policies plan on."""
+        self.store, self.budget, self.policy = store, budget, POLICIES[policy](*shape)
         self._resident: dict = {}
         self._loading: dict = {}  # key -> threading.Event, prefetches in flight
         self.bytes = 0
@@ -38,6 +39,7 @@ class ExpertCache:
         """The program for `key`, loading it (and evicting others, never those in `pinned`) on a miss."""
         with self._lock:
             pending = self._loading.get(key)
+            self.policy.request(key)
         if pending is not None:
             pending.wait()
         with self._lock:

@@ -10,6 +10,7 @@ import typer
 
 from cosmoe_edge.errors import EdgeError
 from cosmoe_edge.runtime.options import RunOptions
+from cosmoe_edge.runtime.policies import DEFAULT
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -30,8 +31,10 @@ def main(
     backend: Annotated[str, typer.Option(help="executorch or onnx.")] = "executorch",
     memory_budget: Annotated[str, typer.Option(help="Bytes of resident experts: all, 64MB, 1.5GiB, or 25% of all "
                                                     "experts' bytes.")] = "all",
-    cache_policy: Annotated[str, typer.Option(help="Which resident expert to evict: lru, lfu, or none (keep "
-                                                   "nothing: every use loads, the naive floor).")] = "lru",
+    cache_policy: Annotated[str, typer.Option(help="Which resident expert to evict: nextuse (the one whose next "
+                                                   "use is expected farthest away in the layer cycle), lru, lfu, "
+                                                   "or none (keep nothing: every use loads, the naive floor).")]
+    = DEFAULT,
     prefetch: Annotated[bool, typer.Option(help="Guess the next layer's experts and load them in the background.")] = False,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 0,

@@ -17,12 +17,13 @@ from cosmoe_edge.runtime.backends import import_runtime, open_program
 from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
+from cosmoe_edge.runtime.policies import DEFAULT
 from cosmoe_edge.runtime.routing import RoutingLog, route
 from cosmoe_edge.runtime.store import ExpertStore
 
 
 class Engine:
-    def __init__(self, artifact, backend: str = "onnx", *, budget_bytes: int | None = None, policy: str = "lru",
+    def __init__(self, artifact, backend: str = "onnx", *, budget_bytes: int | None = None, policy: str = DEFAULT,
                  verify: bool = True, prefetch: bool = False, threads: int = 1, trace: bool = False,
                  on_cache_event=None):
         self.artifact = Path(artifact)
@@ -58,7 +59,7 @@ class Engine:
         if budget < self.min_budget:
             raise RequestError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
                                f"(the {self.top_k} largest experts a layer may need at once)", "budget_too_small")
-        self.cache = ExpertCache(self.store, budget, policy, on_cache_event)
+        self.cache = ExpertCache(self.store, budget, policy, (self.n_layers, cfg["num_experts"]), on_cache_event)
         self.prefetcher = ThreadPoolExecutor(1) if prefetch else None
         self.prefetch_issued = 0
         self.prefetch_pending = None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cosmoe_edge.errors import RequestError
 from cosmoe_edge.runtime.manifest import BACKENDS
-from cosmoe_edge.runtime.policies import POLICIES
+from cosmoe_edge.runtime.policies import DEFAULT, POLICIES
 
 UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
@@ -32,7 +32,7 @@ class RunOptions:
     max_new_tokens: int = 128
     backend: str = "executorch"
     memory_budget: str = "all"  # all, 64MB, 1.5GiB, or 25% of all experts' bytes
-    cache_policy: str = "lru"
+    cache_policy: str = DEFAULT
     prefetch: bool = False
     temperature: float = 0.0
     top_k: int = 0

@@ -14,7 +14,7 @@ public final class EdgeRun {
         public int maxNewTokens = 128;
         public String backend = "executorch";
         public String memoryBudget = "all";
-        public String cachePolicy = "lru";
+        public String cachePolicy = CachePolicy.DEFAULT;
         public boolean prefetch = false;
         public double temperature = 0.0;
         public int topK = 0;
@@ -27,7 +27,7 @@ public final class EdgeRun {
             if (!Manifest.BACKENDS.contains(backend)) {
                 throw new IllegalArgumentException("unknown backend '" + backend + "'; choose executorch or onnx");
             }
-            CachePolicy.named(cachePolicy);
+            CachePolicy.check(cachePolicy);
             if (prompt.isEmpty()) {
                 throw new IllegalArgumentException("the prompt is empty");
             }

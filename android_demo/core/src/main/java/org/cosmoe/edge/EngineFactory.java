@@ -25,7 +25,7 @@ public final class EngineFactory {
         ModelConfig cfg = ModelConfig.of(m);
         Embedding embedding = Embedding.load(m.checkFile(m.entry("embedding"), o.verify));
         float[][] routers = o.prefetch ? routers(m, cfg, o.verify) : null;
-        CachePolicy policy = CachePolicy.named(o.cachePolicy);
+        CachePolicy policy = CachePolicy.named(o.cachePolicy, cfg.nLayers, cfg.numExperts);
 
         JsonObject bb = Json.object(section, "backbone");
         JsonObject partsJson = Json.object(bb, "parts");

@@ -5,7 +5,7 @@ public final class EngineOptions {
     public String backend = "executorch";
     /** Bytes of resident experts; null: every expert fits (edge-run's "all"). */
     public Long budgetBytes = null;
-    public String cachePolicy = "lru";
+    public String cachePolicy = CachePolicy.DEFAULT;
     /** Check each file's sha256 on its first load (sizes are always checked). */
     public boolean verify = true;
     public boolean prefetch = false;

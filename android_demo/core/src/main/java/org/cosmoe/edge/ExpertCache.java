@@ -49,6 +49,7 @@ public final class ExpertCache {
         CountDownLatch pending;
         synchronized (this) {
             pending = loading.get(key);
+            policy.request(key);
         }
         if (pending != null) {
             awaitUninterruptibly(pending);

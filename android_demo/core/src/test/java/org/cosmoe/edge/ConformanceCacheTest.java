@@ -77,7 +77,8 @@ public class ConformanceCacheTest {
             JsonObject run = re.getAsJsonObject();
             List<String> events = new ArrayList<>();
             ExpertCache c = new ExpertCache(costs(), run.get("budget").getAsLong(),
-                    CachePolicy.named(run.get("policy").getAsString()), CacheEvents.into(events));
+                    CachePolicy.named(run.get("policy").getAsString(), cache.get("n_layers").getAsInt(),
+                    cache.get("num_experts").getAsInt()), CacheEvents.into(events));
             for (JsonElement oe : run.getAsJsonArray("ops")) {
                 JsonArray op = oe.getAsJsonArray();
                 ExpertKey key = new ExpertKey(op.get(1).getAsInt(), op.get(2).getAsInt());

@@ -65,7 +65,7 @@ public class ExpertCacheTest {
     public void prefetchReservesBytesAndEvictsOnlyUnpinned() {
         List<String> events = new ArrayList<>();
         Store store = new Store();
-        ExpertCache c = new ExpertCache(store, 200, CachePolicy.named("lru"), CacheEvents.into(events));
+        ExpertCache c = new ExpertCache(store, 200, CachePolicy.named("lru", 1, 16), CacheEvents.into(events));
         c.get(k(0, 0), Collections.singleton(k(0, 0)));
         assertTrue(c.prefetch(k(1, 0), set(k(0, 0), k(0, 1))));
         assertEquals(k(1, 0) + " now resident", true, c.isResident(k(1, 0)));
@@ -84,7 +84,7 @@ public class ExpertCacheTest {
     public void aMissWaitsForThePrefetchInFlight() throws InterruptedException {
         final Store store = new Store();
         store.gate = new CountDownLatch(1);
-        final ExpertCache c = new ExpertCache(store, 300, CachePolicy.named("lfu"), null);
+        final ExpertCache c = new ExpertCache(store, 300, CachePolicy.named("lfu", 1, 16), null);
         Thread prefetcher = new Thread(new Runnable() {
             @Override
             public void run() {
@@ -117,7 +117,7 @@ public class ExpertCacheTest {
     @Test
     public void policyNoneKeepsNothingBetweenUses() {
         List<String> events = new ArrayList<>();
-        ExpertCache c = new ExpertCache(new Store(), 1000, CachePolicy.named("none"), CacheEvents.into(events));
+        ExpertCache c = new ExpertCache(new Store(), 1000, CachePolicy.named("none", 1, 16), CacheEvents.into(events));
         c.get(k(0, 1), Collections.singleton(k(0, 1)));
         c.get(k(0, 1), Collections.singleton(k(0, 1)));
         assertEquals(Arrays.asList("[\"miss\",0,1,0]", "[\"evict\",0,1,0]", "[\"miss\",0,1,0]"), events);
@@ -127,7 +127,7 @@ public class ExpertCacheTest {
     @Test
     public void lfuEvictsTheLeastUsedThenTheLeastRecent() {
         List<String> events = new ArrayList<>();
-        ExpertCache c = new ExpertCache(new Store(), 200, CachePolicy.named("lfu"), CacheEvents.into(events));
+        ExpertCache c = new ExpertCache(new Store(), 200, CachePolicy.named("lfu", 1, 16), CacheEvents.into(events));
         for (ExpertKey key : Arrays.asList(k(0, 0), k(0, 0), k(0, 1), k(0, 2))) {
             c.get(key, Collections.singleton(key));
         }
@@ -136,7 +136,7 @@ public class ExpertCacheTest {
 
     @Test
     public void failsWhenEverythingResidentIsPinned() {
-        ExpertCache c = new ExpertCache(new Store(), 150, CachePolicy.named("lru"), null);
+        ExpertCache c = new ExpertCache(new Store(), 150, CachePolicy.named("lru", 1, 16), null);
         c.get(k(0, 0), Collections.singleton(k(0, 0)));
         try {
             c.get(k(0, 1), set(k(0, 0), k(0, 1)));

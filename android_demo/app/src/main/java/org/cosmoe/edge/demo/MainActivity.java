@@ -17,6 +17,7 @@ import android.widget.TextView;
 import android.widget.Toast;
 
 import org.cosmoe.edge.ArtifactException;
+import org.cosmoe.edge.CachePolicy;
 import org.cosmoe.edge.EdgeRun;
 import org.cosmoe.edge.EngineFactory;
 import org.cosmoe.edge.Manifest;
@@ -91,7 +92,7 @@ public final class MainActivity extends Activity {
         outputScroll = findViewById(R.id.output_scroll);
 
         policy.setAdapter(new ArrayAdapter<>(this, android.R.layout.simple_spinner_dropdown_item,
-                Arrays.asList("lru", "lfu", "none")));
+                CachePolicy.NAMES));
         findViewById(R.id.refresh).setOnClickListener(v -> refreshArtifacts());
         artifactSpinner.setOnItemSelectedListener(new AdapterView.OnItemSelectedListener() {
             @Override
