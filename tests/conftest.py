@@ -39,11 +39,11 @@ def tiny_model(tmp_path_factory, small_corpus) -> Path:
     return path
 
 
-def _export(tmp_path_factory, model: Path, scheme: str) -> Path:
+def _export(tmp_path_factory, model: Path, scheme: str, backends=("executorch", "onnx")) -> Path:
     from cosmoe_edge.export.artifact import export_artifact
 
     out = tmp_path_factory.mktemp(f"artifact_{scheme}") / "artifact"
-    export_artifact(model, out, scheme, 32, ["executorch", "onnx"], jobs=2, verify=True)
+    export_artifact(model, out, scheme, 32, list(backends), jobs=2, verify=True)
     return out
 
 
@@ -55,3 +55,9 @@ def fp32_artifact(tmp_path_factory, tiny_model) -> Path:
 @pytest.fixture(scope="session")
 def int4_artifact(tmp_path_factory, tiny_model) -> Path:
     return _export(tmp_path_factory, tiny_model, "int4")
+
+
+@pytest.fixture(scope="session")
+def int8_onnx_artifact(tmp_path_factory, tiny_model) -> Path:
+    """ONNX experts in the weights form (export/expert_weights.py)."""
+    return _export(tmp_path_factory, tiny_model, "int8", ["onnx"])

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_writes_schema_records_failures_and_isolates_runs(int4_artifact, tiny_model, tmp_path):
     out = tmp_path / "bench"
@@ -36,3 +38,36 @@ def test_bench_writes_schema_records_failures_and_isolates_runs(int4_artifact, t
     assert {p.name for p in out.glob("*.png")} >= {"decode_ratio.png", "hit_rate.png", "peak_rss.png",
                                                   "read_per_token.png", "ttft.png"}
     assert data["machine"]["memory_gbps"] > 0 and data["estimates_are_estimates"]
+
+
+def test_ram_cap_runs_under_a_cgroup_and_records_oom(int4_artifact, tmp_path):
+    from cosmoe_edge.bench.ramcap import unavailable
+
+    if why := unavailable():
+        pytest.skip(why)
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "cosmoe_edge.bench.cli", str(int4_artifact), "--budgets", "50%",
+                        "--backends", "onnx", "--policies", "nextuse", "--max-new-tokens", "8", "--repeats", "1",
+                        "--ram-cap", "2GB,30MB", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["ram_cap"]: row for row in json.loads((out / "results.json").read_text())["rows"]
+            if row["budget"] == "50%"}
+    ok, oom = rows[2 * 10**9], rows[30 * 10**6]
+    assert ok["status"] == "ok" and ok["cold"] and 0 < ok["cgroup_peak_bytes"] <= 2 * 10**9
+    assert oom["status"] == "oom" and oom["error"] == "oom" and "decode_tokens_per_s" not in oom
+    with open(out / "results.csv") as f:
+        header = next(csv.reader(f))
+    assert {"ram_cap", "status", "oom_runs"} <= set(header)
+
+
+def test_ram_cap_where_no_cgroup_can_be_made_is_one_line(int4_artifact, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cosmoe_edge.bench import cli, ramcap
+
+    monkeypatch.setattr(ramcap, "CGROUP_ROOT", tmp_path / "no-cgroups")
+    assert "needs root or a delegated cgroup" in ramcap.unavailable()
+    r = CliRunner().invoke(cli.app, [str(int4_artifact), "--ram-cap", "200MB", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "cannot make a memory cgroup" in r.output, r.output
+    r = CliRunner().invoke(cli.app, [str(int4_artifact), "--ram-cap", "25%", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "sizes like 200MB" in r.output, r.output

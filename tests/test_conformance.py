@@ -44,6 +44,8 @@ class CostStore:
     def cost(self, key):
         return self.costs[key]
 
+    load_cost = cost
+
     def load(self, key):
         self.loaded.append(Released())
         return self.loaded[-1]

@@ -11,7 +11,7 @@ import torch
 
 from cosmoe_edge.model.checkpoint import load_model
 from cosmoe_edge.runtime.backends import open_program
-from cosmoe_edge.runtime.manifest import sha256_file
+from cosmoe_edge.runtime.manifest import FORMAT_VERSION, sha256_file
 
 CLI = [sys.executable, "-m", "cosmoe_edge.export.cli"]
 
@@ -23,7 +23,7 @@ def manifest(artifact):
 def test_manifest_lists_every_expert_with_size_and_checksum(fp32_artifact, tiny_model):
     m = manifest(fp32_artifact)
     cfg = load_model(tiny_model)[0].cfg
-    assert m["format_version"] == 1 and set(m["backends"]) == {"executorch", "onnx"}
+    assert m["format_version"] == FORMAT_VERSION and set(m["backends"]) == {"executorch", "onnx"}
     for section in m["backends"].values():
         keys = [(e["layer"], e["expert"]) for e in section["experts"]]
         assert sorted(keys) == [(layer, e) for layer in range(cfg.n_layers) for e in range(cfg.num_experts)]

@@ -241,7 +241,7 @@ def test_store_checks_sha256_again_when_a_file_changed_after_its_first_load(int4
     entries = m["backends"]["executorch"]["experts"]
     hashed = []
     monkeypatch.setattr(manifest, "sha256_file", lambda p, f=manifest.sha256_file: hashed.append(p) or f(p))
-    s = store.ExpertStore(art, "executorch", entries, verify_sha=True, threads=1)
+    s = store.ExpertStore(art, "executorch", m["backends"]["executorch"], verify_sha=True, threads=1)
     s.load((0, 0)).release()
     s.load((0, 0)).release()
     assert len(hashed) == 1  # unchanged since its check: not hashed again

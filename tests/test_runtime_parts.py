@@ -38,6 +38,8 @@ class Store:
     def cost(self, key):
         return self.cost_each
 
+    load_cost = cost
+
     def load(self, key):
         if self.gate is not None:
             self.gate.wait()
@@ -136,6 +138,37 @@ def test_fill_then_reset_counters_and_release_all():
     c.release_all()
     assert c.bytes == 0 and not c.is_resident((0, 0)) and all(p.released for p in c.store.loaded)
     assert c.evictions == 0  # releasing at the end is not eviction
+
+
+class WeightsStore(Store):
+    """Experts in the ONNX weights form: charged 4 bytes mapped, 10 once promoted after 2 uses."""
+
+    promote_after = 2
+
+    def load_cost(self, key):
+        return 4
+
+    def load(self, key):
+        p = super().load(key)
+        p.promotable = True
+        return p
+
+    def promote(self, program):
+        program.promotable = False
+
+
+def test_promotion_after_n_uses_only_when_it_fits_without_evicting():
+    c, events = cache_with(18, store=WeightsStore())
+    use(c, "a", "a")
+    assert events[-1] == ("promote", "a", 10) and c.bytes == 10  # loaded (4), hit twice: promoted (+6)
+    use(c, "b", "b", "b")
+    assert c.bytes == 14 and ("promote", "b", 16) not in events  # 14 + 6 > 18: b stays mapped
+    use(c, "c")
+    assert c.bytes == 18 and [e[0] for e in events].count("evict") == 0
+    use(c, "d")  # 4 more: evicts one, and the freed bytes are what it was charged
+    evicted = [e for e in events if e[0] == "evict"]
+    assert len(evicted) == 1 and c.bytes == (18 - (10 if evicted[0][1] == "a" else 4)) + 4
+    assert c.peak_bytes <= 18
 
 
 def test_parse_budget():

@@ -103,6 +103,11 @@ def main(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
     repeats: Annotated[int, typer.Option(help="Runs per configuration and prompt.")] = 3,
     cold: Annotated[bool, typer.Option(help="--cold drops the artifact from the page cache before each run.")] = False,
+    ram_cap: Annotated[str | None, typer.Option(help="Comma-separated hard RAM caps (e.g. 200MB,300MB): each budget "
+                                                     "and policy runs again inside a memory cgroup with that limit, page "
+                                                     "cache included (needs root or a delegated cgroup; implies --cold, "
+                                                     "since cached pages charged elsewhere escape the cap). A run killed "
+                                                     "for memory is recorded as oom.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results and plots.")] = Path("bench-results"),
     model: Annotated[Path | None, typer.Option(help="model.pt for the eager PyTorch fp32 baseline.")] = None,
     estimate: Annotated[str | None, typer.Option(help="Device profiles to estimate for, comma-separated: "
@@ -112,7 +117,7 @@ def main(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cosmoe_edge.bench.device import load_profile, memory_bandwidth_gbps, storage_read_gbps
-    from cosmoe_edge.errors import ArtifactError
+    from cosmoe_edge.errors import ArtifactError, RequestError
     from cosmoe_edge.runtime.manifest import BACKENDS, load_manifest
     from cosmoe_edge.runtime.policies import POLICIES
 
@@ -145,9 +150,23 @@ def main(
         devices = [load_profile(d) for d in split_list(estimate)] if estimate else []
     except ValueError as e:
         fail(str(e))
+    caps = [None]
+    if ram_cap:
+        from cosmoe_edge.bench.ramcap import unavailable
+        from cosmoe_edge.runtime.options import parse_budget
+
+        try:
+            caps += [parse_budget(c, 0) for c in split_list(ram_cap)]
+        except RequestError:
+            fail(f"cannot read --ram-cap {ram_cap!r}: use sizes like 200MB,1.5GiB")
+        if None in caps[1:] or 0 in caps[1:]:
+            fail("--ram-cap takes sizes like 200MB, not percentages or all")
+        if why := unavailable():
+            fail(why)
+        cold = True
     out.mkdir(parents=True, exist_ok=True)
 
-    configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold)
+    configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold, caps)
     if model is not None:
         configs.append(Config(str(model), "eager", "all", "eager", False, False))
     hw = machine()
@@ -209,7 +228,8 @@ def print_summary(rows, hw, devices):
         t.add_column(c, justify="left" if c == "configuration" else "right")
     for r in rows:
         if "decode_tokens_per_s" not in r:
-            t.add_row(r["label"], r["budget"], "failed", "", f"{r.get('error', '?')[:70]}", *[""] * (len(cols) - 5))
+            t.add_row(r["label"], r["budget"], r.get("status", "failed"), "", f"{r.get('error', '?')[:70]}",
+                      *[""] * (len(cols) - 5))
             continue
         cells = [r["label"], r["budget"],
                  f"{r['decode_tokens_per_s']:.0f} [{r['decode_tokens_per_s_min']:.0f}-{r['decode_tokens_per_s_max']:.0f}]",

@@ -23,22 +23,25 @@ class Config:
     policy: str  # lru, lfu, none (no cache), or "eager" for the PyTorch baseline
     prefetch: bool
     cold: bool
+    ram_cap: int | None = None  # bytes: the run's memory cgroup limit (bench/ramcap.py); None: uncapped
 
     @property
     def label(self) -> str:
         if self.policy == "eager":
             return "eager fp32 (PyTorch)"
-        return (f"{Path(self.artifact).name}/{self.backend}/{self.policy}" + ("+prefetch" if self.prefetch else ""))
+        return (f"{Path(self.artifact).name}/{self.backend}/{self.policy}" + ("+prefetch" if self.prefetch else "")
+                + (f" cap {self.ram_cap / 2**20:.0f}MiB" if self.ram_cap else ""))
 
 
-def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold) -> list[Config]:
-    """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend."""
+def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_caps=(None,)) -> list[Config]:
+    """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend
+    (uncapped). Each RAM cap repeats the budget/policy combinations under that cap."""
     out = []
     for a, b in itertools.product(artifacts, backends):
         out.append(Config(a, b, "all", "lru", False, cold))
         out.append(Config(a, b, "all", "none", False, cold))
-        for budget, policy, pre in itertools.product(budgets, policies, prefetch_modes):
-            c = Config(a, b, budget, policy, pre, cold)
+        for cap, budget, policy, pre in itertools.product(ram_caps, budgets, policies, prefetch_modes):
+            c = Config(a, b, budget, policy, pre, cold, cap)
             if c not in out:
                 out.append(c)
     return out
@@ -54,13 +57,24 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None) -> 
             cmd = command(c.artifact, RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=c.backend,
                                                  memory_budget=c.budget, cache_policy=c.policy, prefetch=c.prefetch,
                                                  cold=c.cold), report=report)
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        if c.ram_cap:
+            from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
+
+            with RamCap(c.ram_cap) as cap:
+                p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap.join)
+                cap_peak = cap.peak_bytes()
+            if killed_for_memory(p.returncode):
+                return {"error": "oom", "oom": True}
+        else:
+            p, cap_peak = subprocess.run(cmd, capture_output=True, text=True), None
         if p.returncode != 0:
             lines = (p.stderr or p.stdout).strip().splitlines()
             return {"error": lines[-1] if lines else f"exit code {p.returncode}"}
         r = json.loads(report.read_text())
         if problems := report_schema.problems(r):  # never a silent zero for a key the writer left out
             return {"error": "the report does not follow report.schema.json: " + "; ".join(problems)}
+        if cap_peak is not None:
+            r["cgroup_peak_bytes"] = cap_peak  # page cache included, as the cap saw it
         return r
 
 
@@ -68,6 +82,8 @@ def reduce(c: Config, reports: list[dict]) -> dict:
     row = asdict(c) | {"label": c.label, "runs": len(reports)}
     errors = [r["error"] for r in reports if "error" in r]
     ok = [r for r in reports if "error" not in r]
+    row["oom_runs"] = sum(1 for r in reports if r.get("oom"))
+    row["status"] = "oom" if row["oom_runs"] else ("failed" if errors else "ok")
     if errors:
         row["error"] = errors[0]
     if not ok:
@@ -80,6 +96,8 @@ def reduce(c: Config, reports: list[dict]) -> dict:
         row[f"token_latency_{k}_ms"] = statistics.median(r["token_latency_ms"][k] for r in ok)
     for k in ("quant", "backend"):
         row[k] = ok[0][k]
+    if all("cgroup_peak_bytes" in r for r in ok):
+        row["cgroup_peak_bytes"] = statistics.median(r["cgroup_peak_bytes"] for r in ok)
     row["prefetch_issued"] = statistics.median(r["prefetch"]["issued"] for r in ok)
     row["prefetch_useful"] = statistics.median(r["prefetch"]["useful"] for r in ok)
     row["text"] = ok[0].get("text", "")

@@ -92,6 +92,8 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
                     "calling_convention": CALLING_CONVENTION}
         manifest |= write_shared(model, tokenizer, ckpt, scheme, tmp)
         manifest["backends"] = build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp, progress)
+        if "onnx" in backends and scheme == "int8":
+            manifest["backends"]["onnx"] |= write_expert_graphs(model, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if progress:
             progress(0, "measuring expert memory", None)
@@ -113,6 +115,22 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
         raise
 
 
+def write_expert_graphs(model, tmp: Path) -> dict:
+    """The weights form's two graphs, shared by every expert (all have one shape): the slot graph takes
+    an expert's weights as inputs; the const graph holds them as initializers the runtime supplies."""
+    import onnx
+
+    from cosmoe_edge.export.expert_weights import expert_graph
+
+    expert = model.layers[0].ffn.experts[0]
+    graphs = {}
+    for kind in ("slot", "const"):
+        path = tmp / "onnx" / "experts" / f"{kind}.onnx"
+        onnx.save(expert_graph(expert, model.cfg.dim, constant=kind == "const"), str(path))
+        graphs[kind] = file_entry(tmp, path)
+    return {"expert_form": "weights", "expert_graphs": graphs}
+
+
 def charge_measured_footprint(tmp: Path, manifest: dict):
     """Each expert's resident_bytes becomes what it measurably costs in RSS once loaded (file bytes
     times the backend's measured factor, at least file plus planned memory), so that a memory budget
@@ -128,6 +146,11 @@ def charge_measured_footprint(tmp: Path, manifest: dict):
         section["footprint"] = fp
         for e in section["experts"]:
             e["resident_bytes"] = max(e["resident_bytes"], math.ceil(e["bytes"] * fp["rss_per_file_byte"]))
+            if "promoted_rss_per_file_byte" in fp:  # the weights form: loaded, then at full speed
+                e["loaded_bytes"] = e["resident_bytes"]
+                e["resident_bytes"] = max(e["loaded_bytes"], math.ceil(e["bytes"] * fp["promoted_rss_per_file_byte"]))
+        if "promote_after" in fp:
+            section["promote_after"] = fp["promote_after"]
 
 
 def ordinary_permissions(root: Path):
@@ -221,6 +244,7 @@ def backend_entry(backend: str, res: dict, tmp: Path) -> dict:
             "backbone_planned_bytes": bb["report"]["planned_bytes"]}
     else:
         per_expert = [e["report"] for e in res["experts"]]
+        section["expert_form"] = "program"  # int8 replaces it with the weights form (write_expert_graphs)
         section["matmulnbits"] = {"backbone": bb["report"]["matmulnbits"],
                                   "experts_ok": all(r["matmulnbits"] == r["linear_layers"] for r in per_expert)
                                   if per_expert and per_expert[0]["matmulnbits"] else None,

@@ -141,6 +141,18 @@ def build_expert(ckpt_path: str, backend: str, scheme: str, group_size: int, out
         return {"layer": layer, "expert": expert, "path": str(path), "planned_bytes": report["planned_bytes"]["forward"],
                 "report": report}
 
+    if scheme == "int8":  # the weights form: no program of its own (expert_weights.py)
+        from safetensors.numpy import save_file
+
+        from cosmoe_edge.export.expert_weights import expert_tensors
+
+        path = Path(out_dir) / "onnx" / "experts" / f"{name}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = expert_tensors(module)
+        save_file(tensors, str(path))
+        return {"layer": layer, "expert": expert, "path": str(path), "planned_bytes": 0,
+                "report": {"matmulnbits": 0, "linear_layers": n_linear, "weights": len(tensors) // 2}}
+
     import onnx
 
     from cosmoe_edge.export.to_onnx import quantize, to_onnx

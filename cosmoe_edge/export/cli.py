@@ -32,7 +32,8 @@ def human(n: float) -> str:
                   "and compared with the eager model (unless --no-verify).")
 def main(
     model: Annotated[Path, typer.Argument(help="Checkpoint written by edge-train (e.g. models/cosmoe-default.pt).")],
-    quant: Annotated[str, typer.Option(help="Weights: fp32, int8 (per channel) or int4 (per group).")] = "int4",
+    quant: Annotated[str, typer.Option(help="Weights: fp32, int8 (per channel; ONNX experts then load by mapping "
+                                            "their weights, no program to create) or int4 (per group).")] = "int4",
     group_size: Annotated[int, typer.Option(help="int4 group size along each layer's input dimension.")] = 32,
     backend: Annotated[str, typer.Option(help="executorch, onnx, or all.")] = "all",
     out: Annotated[Path, typer.Option(help="Artifact folder to write.")] = Path("artifact"),
@@ -129,8 +130,13 @@ def print_summary(m: dict, out: Path):
             mm = s["matmulnbits"]
             bb = sum(v["matmulnbits"] for v in mm["backbone"].values())
             want = sum(v["linear_layers"] for v in mm["backbone"].values())
-            print(f"onnx: MatMulNBits {bb}/{want} linear layers in the backbone, {mm['per_expert']} per expert "
-                  f"({'all experts' if mm['experts_ok'] else 'NOT all experts'}); routers stay fp32")
+            if s.get("expert_form") == "weights":
+                experts = (f"experts in the weights form (int8 + one scale per column, run by one shared "
+                           f"DynamicQuantizeMatMul graph; own session after {s.get('promote_after', '?')} uses)")
+            else:
+                experts = (f"{mm['per_expert']} per expert "
+                           f"({'all experts' if mm['experts_ok'] else 'NOT all experts'})")
+            print(f"onnx: MatMulNBits {bb}/{want} linear layers in the backbone, {experts}; routers stay fp32")
     emb = m["embedding"]["bytes"]
     print(f"embedding table ({m['quant']['embedding']}): {human(emb)}")
 

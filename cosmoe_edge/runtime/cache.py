@@ -3,8 +3,13 @@
 ExpertCache asks its store (store.py) for an expert's cost and program, and a policy (policies.py)
 which resident expert to drop. Eviction releases the program and returns freed heap to the OS
 (malloc_trim), so the budget holds for RSS, not just for this file's bookkeeping. Every decision is
-an event (hit, miss, evict, prefetch, with the resident bytes after it): the trace that
+an event (hit, miss, evict, prefetch, promote, with the resident bytes after it): the trace that
 tests/conformance/cache.json records and the Android core replays.
+
+An expert in the ONNX weights form is charged its mapped weights when loaded and is promoted to a
+prepacked session of its own (charged its full cost) once it has been used `store.promote_after` times
+while resident, if the budget has room for that without evicting anything: hot experts then run at
+full speed, and a tight budget holds more experts in their cheaper form.
 """
 
 import threading
@@ -22,6 +27,8 @@ class ExpertCache:
         """`shape`: (n_layers, num_experts), the layer cycle some policies plan on."""
         self.store, self.budget, self.policy = store, budget, POLICIES[policy](*shape)
         self._resident: dict = {}
+        self._charge: dict = {}  # key -> bytes it is charged now
+        self._uses: dict = {}  # key -> uses since it was loaded (for promotion)
         self._loading: dict = {}  # key -> threading.Event, prefetches in flight
         self.bytes = 0
         self.peak_bytes = 0
@@ -54,14 +61,29 @@ class ExpertCache:
                     self.prefetch_useful += 1
                 self.policy.touch(key)
                 self._event("hit", key)
+                self._maybe_promote(key, program)
                 return program
             self.misses += 1
             self._event("miss", key)
-            self._make_room(self.store.cost(key), pinned)
+            self._make_room(self.store.load_cost(key), pinned)
             program = self.store.load(key)
             self._insert(key, program)
+            self._uses[key] = 1  # the use that loaded it (a prefetched expert starts at 0)
             self.policy.touch(key)
             return program
+
+    def _maybe_promote(self, key, program):
+        after = getattr(self.store, "promote_after", None)
+        if after is None or not getattr(program, "promotable", False):
+            return
+        self._uses[key] += 1
+        extra = self.store.cost(key) - self._charge[key]
+        if self._uses[key] >= after and self.bytes + extra <= self.budget:
+            self.store.promote(program)
+            self._charge[key] += extra
+            self.bytes += extra
+            self.peak_bytes = max(self.peak_bytes, self.bytes)
+            self._event("promote", key)
 
     def prefetch(self, key, pinned=frozenset()) -> bool:
         """Start loading `key` ahead of need if it fits by evicting only unpinned experts; the load
@@ -69,8 +91,8 @@ class ExpertCache:
         with self._lock:
             if key in self._resident or key in self._loading:
                 return False
-            cost = self.store.cost(key)
-            evictable = sum(self.store.cost(k) for k in self._resident if k not in pinned)
+            cost = self.store.load_cost(key)
+            evictable = sum(self._charge[k] for k in self._resident if k not in pinned)
             if self.bytes - evictable + cost > self.budget:
                 return False
             self._make_room(cost, pinned)
@@ -98,7 +120,7 @@ class ExpertCache:
         n = 0
         for key in keys:
             with self._lock:
-                if self.bytes + self.store.cost(key) > self.budget:
+                if self.bytes + self.store.load_cost(key) > self.budget:
                     break
             self.get(key)
             n += 1
@@ -115,6 +137,8 @@ class ExpertCache:
             for key in list(self._resident):
                 self._resident.pop(key).release()
                 self.policy.forget(key)
+            self._charge.clear()
+            self._uses.clear()
             self._prefetched.clear()
             self.bytes = 0
         release_heap()
@@ -133,14 +157,17 @@ class ExpertCache:
 
     def _insert(self, key, program):
         self._resident[key] = program
-        self.bytes += self.store.cost(key)
+        self._charge[key] = self.store.load_cost(key)
+        self._uses[key] = 0
+        self.bytes += self._charge[key]
         if self.bytes > self.budget:  # an invariant, not an assert: it must hold under python -O too
             raise RuntimeError(f"resident experts ({self.bytes:,} bytes) exceed the budget ({self.budget:,})")
         self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def _evict(self, key):
         self._resident.pop(key).release()
-        self.bytes -= self.store.cost(key)
+        self.bytes -= self._charge.pop(key)
+        self._uses.pop(key)
         self.policy.forget(key)
         self._prefetched.discard(key)
         self.evictions += 1

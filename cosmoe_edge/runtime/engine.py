@@ -52,9 +52,9 @@ class Engine:
         for name, p in section["backbone"]["parts"].items():
             self.parts[name] = (programs[p["path"]], p["method"])
 
-        self.store = ExpertStore(self.artifact, backend, section["experts"], verify, threads)
+        self.store = ExpertStore(self.artifact, backend, section, verify, threads)
         self.expert_bytes_total = self.store.total_cost()
-        self.min_budget = self.top_k * self.store.max_cost()
+        self.min_budget = self.top_k * self.store.max_load_cost()
         budget = self.expert_bytes_total if budget_bytes is None else budget_bytes
         if budget < self.min_budget:
             raise RequestError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
@@ -177,6 +177,7 @@ class Engine:
         if self.prefetcher is not None:
             self.prefetcher.shutdown()
         self.cache.release_all()
+        self.store.close()
         for program, _ in self.parts.values():
             program.release()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cosmoe_edge.errors import ArtifactError, RequestError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ONNX experts in the weights form (expert_form, expert_graphs)
 MANIFEST = "manifest.json"
 BACKENDS = ("executorch", "onnx")
 
@@ -82,9 +82,15 @@ def check_file(artifact: Path, entry: dict, verify_sha: bool) -> Path:
 
 
 def expert_cost(entry: dict) -> int:
-    """Bytes an expert is charged against the budget while resident: its measured footprint
-    (resident_bytes, written by the exporter), else its file size."""
+    """Bytes an expert is charged against the budget while resident at full speed: its measured footprint
+    (resident_bytes, written by the exporter), else its file size. What "25%" of the experts is of."""
     return entry.get("resident_bytes", entry["bytes"])
+
+
+def expert_load_cost(entry: dict) -> int:
+    """Bytes it is charged once loaded: less than at full speed for an ONNX expert in the weights form
+    (mapped weights, before the runtime gives it a prepacked session: loaded_bytes), else the same."""
+    return entry.get("loaded_bytes", expert_cost(entry))
 
 
 def artifact_files(artifact: Path, manifest: dict) -> list[Path]:

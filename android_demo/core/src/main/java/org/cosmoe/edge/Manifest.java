@@ -28,7 +28,7 @@ import java.util.List;
  * checks in the same order, the same error kinds and messages.
  */
 public final class Manifest {
-    public static final int FORMAT_VERSION = 1;
+    public static final int FORMAT_VERSION = 2;
     public static final String MANIFEST = "manifest.json";
     public static final List<String> BACKENDS = Collections.unmodifiableList(Arrays.asList("executorch", "onnx"));
     private static final String[] REQUIRED = {"model", "tokenizer", "embedding", "quant", "backends"};

@@ -39,7 +39,7 @@ final class TestArtifact {
     File write(File root) throws IOException {
         new File(root, "executorch/experts").mkdirs();
         JsonObject manifest = new JsonObject();
-        manifest.addProperty("format_version", 1);
+        manifest.addProperty("format_version", Manifest.FORMAT_VERSION);
         JsonObject model = new JsonObject();
         model.addProperty("vocab_size", vocab);
         model.addProperty("dim", dim);
