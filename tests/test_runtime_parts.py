@@ -148,6 +148,9 @@ class WeightsStore(Store):
     def load_cost(self, key):
         return 4
 
+    def total_cost(self):  # 4 experts at full cost
+        return 40
+
     def load(self, key):
         p = super().load(key)
         p.promotable = True
@@ -169,6 +172,9 @@ def test_promotion_after_n_uses_only_when_it_fits_without_evicting():
     evicted = [e for e in events if e[0] == "evict"]
     assert len(evicted) == 1 and c.bytes == (18 - (10 if evicted[0][1] == "a" else 4)) + 4
     assert c.peak_bytes <= 18
+    c, events = cache_with(40, store=WeightsStore())  # every expert fits at full cost: promoted at its first use
+    use(c, "a")
+    assert [e[0] for e in events] == ["miss", "promote"] and c.bytes == 10
 
 
 def test_parse_budget():

@@ -101,6 +101,9 @@ def main(
     prefetch: Annotated[str, typer.Option(help="off, on, or both.")] = "off",
     prompts: Annotated[Path | None, typer.Option(help="File with one prompt per line (default: one built-in).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (seed 0: the same tokens at every budget); "
+                                                    "random-weight models need it, greedy decoding of one repeats "
+                                                    "itself and routing stops switching.")] = 0.0,
     repeats: Annotated[int, typer.Option(help="Runs per configuration and prompt.")] = 3,
     cold: Annotated[bool, typer.Option(help="--cold drops the artifact from the page cache before each run.")] = False,
     ram_cap: Annotated[str | None, typer.Option(help="Comma-separated hard RAM caps (e.g. 200MB,300MB): each budget "
@@ -169,7 +172,7 @@ def main(
     configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold, caps)
     if model is not None:
         configs.append(Config(str(model), "eager", "all", "eager", False, False))
-    hw = machine()
+    hw = machine() | {"temperature": temperature}
     console = Console(stderr=True)
     console.print(f"measuring this machine ({hw['cpu']}, {hw['cores']} cores) ...")
     hw["memory_gbps"] = memory_bandwidth_gbps()
@@ -188,7 +191,7 @@ def main(
             reports = []
             for p in prompt_list:
                 for _ in range(repeats):
-                    reports.append(run_once(c, p, max_new_tokens, str(model) if model else None))
+                    reports.append(run_once(c, p, max_new_tokens, str(model) if model else None, temperature))
                     bar.advance(task)
             rows.append(reduce(c, reports))
     add_bounds(rows, manifests, hw)
@@ -221,7 +224,8 @@ def print_summary(rows, hw, devices):
     cold = " (cold: page cache dropped before each run)" if any(r.get("cold") for r in rows) else ""
     t = Table(title=f"edge-bench on {hw['cpu']} ({hw['cores']} cores), memory {hw['memory_gbps']:.1f} GB/s, "
                     f"storage {hw['storage_gbps']:.2f} GB/s (O_DIRECT){cold}")
-    cols = ["configuration", "budget", "decode tok/s", "of bound", "ttft ms", "hit rate", "peak RSS MB", "read KB/tok"]
+    cols = ["configuration", "budget", "decode tok/s", "of bound", "ttft ms", "hit rate", "switch rate", "peak RSS MB",
+            "read KB/tok"]
     if devices:
         cols += ["formula here tok/s"] + [f"ESTIMATE {d.name} tok/s" for d in devices]
     for c in cols:
@@ -234,7 +238,8 @@ def print_summary(rows, hw, devices):
         cells = [r["label"], r["budget"],
                  f"{r['decode_tokens_per_s']:.0f} [{r['decode_tokens_per_s_min']:.0f}-{r['decode_tokens_per_s_max']:.0f}]",
                  f"{r['fraction_of_bound']:.0%}" if "fraction_of_bound" in r else "",
-                 f"{r['ttft_ms']:.1f}", f"{r['expert_hit_rate']:.1%}", f"{r['peak_rss_bytes'] / 1e6:.0f}",
+                 f"{r['ttft_ms']:.1f}", f"{r['expert_hit_rate']:.1%}", f"{r['expert_switch_rate']:.2f}",
+                 f"{r['peak_rss_bytes'] / 1e6:.0f}",
                  f"{r['storage_read_bytes'] / max(1, r['generated_tokens']) / 1e3:.1f}"]
         if devices:
             cells += [f"{r[k]:.0f}" if (k := f"estimate_{d}_tokens_per_s") in r else ""

@@ -47,7 +47,7 @@ def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_cap
     return out
 
 
-def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None) -> dict:
+def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, temperature: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory() as d:
         report = Path(d) / "r.json"
         if c.policy == "eager":
@@ -56,7 +56,7 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None) -> 
         else:
             cmd = command(c.artifact, RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=c.backend,
                                                  memory_budget=c.budget, cache_policy=c.policy, prefetch=c.prefetch,
-                                                 cold=c.cold), report=report)
+                                                 cold=c.cold, temperature=temperature), report=report)
         if c.ram_cap:
             from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
 

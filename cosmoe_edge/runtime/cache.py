@@ -8,8 +8,9 @@ tests/conformance/cache.json records and the Android core replays.
 
 An expert in the ONNX weights form is charged its mapped weights when loaded and is promoted to a
 prepacked session of its own (charged its full cost) once it has been used `store.promote_after` times
-while resident, if the budget has room for that without evicting anything: hot experts then run at
-full speed, and a tight budget holds more experts in their cheaper form.
+while resident (at its first use when the budget holds every expert at full cost: nothing will evict
+it), if the budget has room for that without evicting anything: hot experts then run at full speed,
+and a tight budget holds more experts in their cheaper form.
 """
 
 import threading
@@ -68,7 +69,8 @@ class ExpertCache:
             self._make_room(self.store.load_cost(key), pinned)
             program = self.store.load(key)
             self._insert(key, program)
-            self._uses[key] = 1  # the use that loaded it (a prefetched expert starts at 0)
+            self._uses[key] = 0  # the use that loaded it counts below (a prefetched expert's load does not)
+            self._maybe_promote(key, program)
             self.policy.touch(key)
             return program
 
@@ -76,6 +78,8 @@ class ExpertCache:
         after = getattr(self.store, "promote_after", None)
         if after is None or not getattr(program, "promotable", False):
             return
+        if self.budget >= self.store.total_cost():  # every expert fits at full cost: nothing will evict it
+            after = 1
         self._uses[key] += 1
         extra = self.store.cost(key) - self._charge[key]
         if self._uses[key] >= after and self.bytes + extra <= self.budget:
