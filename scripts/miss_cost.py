@@ -124,7 +124,7 @@ BUDGETS = ("all", "25%", "12.5%")
 
 
 def table(res: dict) -> str:
-    lines = ["| approach | backend | file KB | read us (cache / cold) | miss us warm | miss us cold | goal us "
+    lines = ["| approach | backend | file KB | read us (cache / cold) | miss us warm (alone) | miss us cold | goal us "
              "| RSS / file bytes | call us T=1 | decode tok/s all | 25% (ratio) | 12.5% (ratio) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in res["approaches"].items():
@@ -135,13 +135,14 @@ def table(res: dict) -> str:
         full = d["all"]["decode_tokens_per_s"]
         at = [f"{d[b]['decode_tokens_per_s']:.0f} ({d[b]['decode_tokens_per_s'] / full:.2f}, "
               f"{d[b]['budget_bytes'] / 1e6:.1f} MB)" for b in BUDGETS[1:]]
-        lines.append(f"| {name.rsplit(' ', 1)[0]} | {r['backend']} | {r['file_bytes'] / 1e3:.0f} | {r['read_warm']:.0f} / "
-                     f"{r['read_cold']:.0f} | **{r['miss_warm']:.0f}** | {r['miss_cold']:.0f} | {r['goal_us']:.0f} "
-                     f"| {rss} | {r['call']:.0f} | {full:.0f} | {at[0]} | {at[1]} |")
+        lines.append(f"| {name.rsplit(' ', 1)[0]} | {r['backend']} | {r['file_bytes'] / 1e3:.0f} | "
+                     f"{r['read_warm']:.0f} / {r['read_cold']:.0f} | **{r['miss_warm']:.0f}** ({r['miss_warm_alone']:.0f}) "
+                     f"| {r['miss_cold']:.0f} | {r['goal_us']:.0f} | {rss} | {r['call']:.0f} | {full:.0f} | {at[0]} | {at[1]} |")
     promo = [f"{r['promote']:.0f} us, paid back after {r['promote_after']} uses" for r in res["approaches"].values()
              if "promote" in r]
     same = res.get("same_bytes")
-    lines += ["", f"Medians of {res['rounds']} misses per approach, interleaved in one process; decode: median of "
+    lines += ["", f"Medians of {res['rounds']} misses per approach, interleaved in one process (alone: the same "
+              "approach's misses back to back, after the interleaved rounds); decode: median of "
               f"{res['repeats']} edge-run processes, {res['tokens']} greedy tokens, nextuse policy, model "
               f"`{res['model']}`; {res['machine']}. A budget's percentage is of all experts' bytes at full speed "
               "(the weights form: promoted), so the MB differ between rows. Promotion of a hot expert to a session "
@@ -168,11 +169,18 @@ def main():
     for i in range(a.rounds):
         for ap_ in approaches:
             ap_.round(i)
+    alone = {}
+    for ap_ in approaches:  # each approach's misses back to back: no other runtime's work between them
+        warm = []
+        for i in range(a.rounds):
+            first, call = ap_.miss(ap_.keys[i % len(ap_.keys)])
+            warm.append(first - call)
+        alone[f"{ap_.name} {ap_.backend}"] = statistics.median(warm) / 1e3
     res = {"rounds": a.rounds, "tokens": a.tokens, "repeats": a.repeats,
            "model": load_manifest(a.int4).get("source", {}).get("checkpoint", a.int4.name),
            "machine": f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}", "approaches": {}}
     for ap_ in approaches:
-        r = ap_.summary() | {"backend": ap_.backend}
+        r = ap_.summary() | {"backend": ap_.backend, "miss_warm_alone": alone[f"{ap_.name} {ap_.backend}"]}
         r["decode"] = {b: decode(ap_.artifact, ap_.backend, b, a.tokens, a.repeats) for b in BUDGETS}
         res["approaches"][f"{ap_.name} {ap_.backend}"] = r
         print(f"{ap_.name} {ap_.backend}: miss {r['miss_warm']:.0f} us warm, {r['miss_cold']:.0f} us cold "
