@@ -125,7 +125,7 @@ class OnnxExpertWeights:
             self.release()
             raise ArtifactError(f"cannot load {self.name}: corrupt or truncated expert weights ({e})",
                                 "corrupt_program") from None
-        missing = set(slot.inputs) - {"x"} - set(self.feeds)
+        missing = layout is None and set(slot.inputs) - {"x"} - set(self.feeds)  # a known layout passed before
         if missing:
             self.release()
             raise ArtifactError(f"cannot load {self.name}: it lacks {', '.join(sorted(missing))}", "corrupt_program")

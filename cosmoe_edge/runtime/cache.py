@@ -30,6 +30,11 @@ class ExpertCache:
         self._resident: dict = {}
         self._charge: dict = {}  # key -> bytes it is charged now
         self._uses: dict = {}  # key -> uses since it was loaded (for promotion)
+        # uses after which a loaded expert is promoted (None: the store's experts never are); at the first
+        # use when the budget holds every expert at full cost, since nothing will evict it
+        self._promote_after = getattr(store, "promote_after", None)
+        if self._promote_after is not None and budget >= store.total_cost():
+            self._promote_after = 1
         self._loading: dict = {}  # key -> threading.Event, prefetches in flight
         self.bytes = 0
         self.peak_bytes = 0
@@ -75,14 +80,11 @@ class ExpertCache:
             return program
 
     def _maybe_promote(self, key, program):
-        after = getattr(self.store, "promote_after", None)
-        if after is None or not getattr(program, "promotable", False):
+        if self._promote_after is None or not getattr(program, "promotable", False):
             return
-        if self.budget >= self.store.total_cost():  # every expert fits at full cost: nothing will evict it
-            after = 1
         self._uses[key] += 1
         extra = self.store.cost(key) - self._charge[key]
-        if self._uses[key] >= after and self.bytes + extra <= self.budget:
+        if self._uses[key] >= self._promote_after and self.bytes + extra <= self.budget:
             self.store.promote(program)
             self._charge[key] += extra
             self.bytes += extra

@@ -63,13 +63,15 @@ def backend_section(manifest: dict, backend: str) -> dict:
     return manifest["backends"][backend]
 
 
-def check_file(artifact: Path, entry: dict, verify_sha: bool) -> Path:
-    """The entry's file, after checking its size (always) and sha256 (when asked)."""
+def check_file(artifact: Path, entry: dict, verify_sha: bool, st: os.stat_result | None = None) -> Path:
+    """The entry's file, after checking its size (always) and sha256 (when asked). `st`: the file's stat
+    if the caller has just taken it (this runs on every expert load: one system call, not two)."""
     path = Path(artifact) / entry["path"]
-    try:
-        st = os.stat(path)  # one system call: this runs on every expert load
-    except OSError:
-        st = None
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            pass
     if st is None or not stat.S_ISREG(st.st_mode):
         raise ArtifactError(f"missing file {entry['path']} in {artifact}", "missing_file")
     size = st.st_size

@@ -28,6 +28,10 @@ class Policy(ABC):
     def forget(self, key):
         self.order.pop(key, None)
 
+    def recency_rank(self) -> dict:
+        """key -> its place in the recency order, 0 the oldest: how ties go to the least recent."""
+        return {k: i for i, k in enumerate(self.order)}
+
     @abstractmethod
     def victim(self, candidates) -> tuple:
         """The expert to evict among `candidates` (resident, not pinned)."""
@@ -52,7 +56,7 @@ class LFU(Policy):
         self.uses[key] = self.uses.get(key, 0) + 1
 
     def victim(self, candidates) -> tuple:
-        rank = {k: i for i, k in enumerate(self.order)}
+        rank = self.recency_rank()
         return min(candidates, key=lambda k: (self.uses.get(k, 0), rank.get(k, -1)))
 
 
@@ -114,7 +118,7 @@ class NextUse(Policy):
         return d * a + L * (b - a), a
 
     def victim(self, candidates) -> tuple:
-        rank = {k: i for i, k in enumerate(self.order)}
+        rank = self.recency_rank()
         best, best_wait = None, None
         for k in candidates:
             n, a = self._wait(k)

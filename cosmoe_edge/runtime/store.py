@@ -54,9 +54,9 @@ class ExpertStore:
             st = os.stat(self.artifact / entry["path"])
             identity = (st.st_ino, st.st_size, st.st_mtime_ns)
         except OSError:
-            identity = None  # check_file says what is missing
+            st = identity = None  # check_file says what is missing
         fresh = self.verify_sha and self.verified.get(key) != identity
-        path = check_file(self.artifact, entry, fresh)
+        path = check_file(self.artifact, entry, fresh, st)
         if self.verify_sha:
             self.verified[key] = identity
         if self.slot is not None:

@@ -72,6 +72,15 @@ public abstract class CachePolicy {
 
     public abstract ExpertKey victim(Collection<ExpertKey> candidates);
 
+    /** Each resident expert's place in the recency order, 0 the oldest: how ties go to the least recent. */
+    protected Map<ExpertKey, Integer> recencyRank() {
+        Map<ExpertKey, Integer> rank = new HashMap<>();
+        for (ExpertKey k : order.keySet()) {
+            rank.put(k, rank.size());
+        }
+        return rank;
+    }
+
     /** Evict the expert used longest ago. */
     public static class Lru extends CachePolicy {
         @Override
@@ -98,10 +107,7 @@ public abstract class CachePolicy {
 
         @Override
         public ExpertKey victim(Collection<ExpertKey> candidates) {
-            Map<ExpertKey, Integer> rank = new HashMap<>();
-            for (ExpertKey k : order.keySet()) {
-                rank.put(k, rank.size());
-            }
+            Map<ExpertKey, Integer> rank = recencyRank();
             ExpertKey best = null;
             int bestUses = 0;
             int bestRank = 0;
@@ -197,10 +203,7 @@ public abstract class CachePolicy {
 
         @Override
         public ExpertKey victim(Collection<ExpertKey> candidates) {
-            Map<ExpertKey, Integer> rank = new HashMap<>();
-            for (ExpertKey k : order.keySet()) {
-                rank.put(k, rank.size());
-            }
+            Map<ExpertKey, Integer> rank = recencyRank();
             ExpertKey best = null;
             long[] bestWait = null;
             for (ExpertKey k : candidates) {
