@@ -52,7 +52,6 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("docs/EXPORT.md"))
     a = ap.parse_args()
     m = json.loads((a.artifact / "manifest.json").read_text())
-    cfg = m["model"]
     emb = m["embedding"]["bytes"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} by `scripts/export_figures.py` on the shipped model's "
              f"{m['quant']['scheme']} artifact (`edge-export models/cosmoe-default.pt --quant {m['quant']['scheme']} "
@@ -67,13 +66,12 @@ def main():
         s = m["backends"][b]
         backbone = sum(f["bytes"] for f in s["backbone"]["files"])
         experts = sum(e["bytes"] for e in s["experts"])
+        head = next(f["bytes"] for f in s["backbone"]["files"] if f["path"].rsplit("/", 1)[-1].startswith("head."))
         if b == "onnx":
-            head = next(f["bytes"] for f in s["backbone"]["files"] if f["path"].endswith("head.onnx"))
             d = s["matmulnbits"]["backbone"]
             done, total = sum(v["matmulnbits"] for v in d.values()), sum(v["linear_layers"] for v in d.values())
             lowered = f"MatMulNBits {done}/{total} in the backbone, {s['matmulnbits']['per_expert']} per expert"
-        else:  # the head method's int8 weights and per-channel scales (the .pte stores methods together)
-            head = cfg["vocab_size"] * cfg["dim"] + cfg["vocab_size"] * 4
+        else:
             dl = s["delegation"]
             lowered = (f"{dl['xnnpack_ops']} ops in XNNPACK, {sum(dl['portable_ops'].values())} portable; "
                        f"1 delegate call per method")
@@ -81,8 +79,7 @@ def main():
         us = call_us(a.artifact, m, b)
         rows["backbone program(s)"].append(mb(backbone))
         rows["+ embedding table (int8 rows, shared)"].append(f"{mb(emb)} ({emb / (backbone + emb):.0%} of backbone)")
-        rows["LM head inside the backbone"].append(f"{mb(head)} ({head / (backbone + emb):.0%})"
-                                                   + (" (computed)" if b == "executorch" else ""))
+        rows["LM head inside the backbone"].append(f"{mb(head)} ({head / (backbone + emb):.0%})")
         rows["all experts"].append(mb(experts))
         rows["one expert"].append(f"{s['experts'][0]['bytes'] / 1e3:.0f} KB")
         rows["expert share of the model"].append(f"{experts / (experts + backbone + emb):.0%}")

@@ -1,28 +1,25 @@
 """Write a whole artifact: shared files, each backend's backbone and experts (in parallel worker
-processes), the manifest, then verification through the edge runtime. Everything goes into a
-temporary folder beside `out`, renamed into place only when complete."""
+processes, export/schedule.py), the manifest, then verification through the edge runtime. Everything
+goes into a work folder beside `out`, renamed into place only when complete."""
 
 import json
 import math
-import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 from safetensors.numpy import save_file
 
-from cosmoe_edge.errors import EdgeError, ExportError
+from cosmoe_edge.errors import ExportError
 from cosmoe_edge.export import build
 from cosmoe_edge.export.quantize import check_group_size, quantize_embedding
-from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.export.schedule import Workdir, build_backends, checkpoint_identity
+from cosmoe_edge.export.source import Source
 from cosmoe_edge.model.tokenizer import eos_id
 from cosmoe_edge.runtime.manifest import FORMAT_VERSION, MANIFEST, file_entry
 
@@ -53,15 +50,17 @@ def package_versions() -> dict:
     return {p: version(p) for p in ("cosmoe-edge", "torch", "executorch", "torchao", "onnx", "onnxruntime")}
 
 
-def write_shared(model, tokenizer, ckpt: dict, scheme: str, tmp: Path) -> dict:
+def write_shared(source, scheme: str, tmp: Path) -> dict:
     tok_path = tmp / "tokenizer.json"
-    tok_path.write_text(ckpt["tokenizer"])
-    emb = quantize_embedding(model.tok_emb.weight, scheme)
+    tok_path.write_text(source.tokenizer_json)
+    emb = quantize_embedding(source.tensor("tok_emb.weight"), scheme)
     save_file(emb, str(tmp / "embedding.safetensors"))
-    routers = {f"layer_{i}": layer.ffn.router.weight.detach().float().numpy() for i, layer in enumerate(model.layers)}
+    del emb
+    routers = {f"layer_{i}": source.tensor(f"layers.{i}.ffn.router.weight").numpy()
+               for i in range(source.cfg.n_layers)}
     save_file(routers, str(tmp / "routers.safetensors"))
     return {
-        "tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(tokenizer)),
+        "tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(source.tokenizer)),
         "embedding": file_entry(tmp, tmp / "embedding.safetensors", scheme="fp32" if scheme == "fp32" else "int8-per-row"),
         "routers": file_entry(tmp, tmp / "routers.safetensors",
                               doc="fp32 router weights (E,D) per layer, for the runtime's prefetch guess"),
@@ -69,20 +68,25 @@ def write_shared(model, tokenizer, ckpt: dict, scheme: str, tmp: Path) -> dict:
 
 
 def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, backends: list[str], jobs: int,
-                    verify: bool, progress=None) -> dict:
-    """Returns the manifest it wrote. `progress(advance_by, description, total)` is called as parts finish."""
+                    verify: bool, progress=None, resume: bool = False) -> dict:
+    """Returns the manifest it wrote. `progress(what, advance, total)` is called as parts finish (what: a
+    backend's name, or a stage such as "verifying"). The work happens in `.{out}.partial` beside `out`:
+    interrupted, it is kept, and `resume` continues it without redoing the parts it finished."""
     t0 = time.perf_counter()
-    model, tokenizer, ckpt = load_model(ckpt_path)
-    cfg = model.cfg
+    source = Source(ckpt_path)
+    cfg = source.cfg
     if cfg.ffn != "moe":
         raise ExportError("edge-export needs an MoE model; this checkpoint is the dense baseline", "not_moe")
     check_group_size(cfg.to_dict(), scheme, group_size, backends)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    options = {"checkpoint": checkpoint_identity(ckpt_path), "scheme": scheme, "group_size": group_size,
+               "backends": backends, "exporter": package_versions()}
+    work = Workdir(out, options, resume)
+    tmp = work.root
     try:
         manifest = {"format_version": FORMAT_VERSION, "exporter": package_versions(),
                     "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "source": {"checkpoint": Path(ckpt_path).name, "meta": {k: ckpt["meta"].get(k) for k in
+                    "source": {"checkpoint": Path(ckpt_path).name, "meta": {k: source.meta.get(k) for k in
                                ("val_ppl", "switch_rate_mean", "tokens_seen", "corpus")}},
                     "model": cfg.to_dict() | {"head_dim": cfg.head_dim},
                     "quant": {"scheme": scheme, "group_size": group_size if scheme == "int4" else None,
@@ -90,43 +94,49 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
                               "head": "fp32" if scheme == "fp32" else "int8-per-channel", "routers": "fp32"},
                     "layer_max_tokens": build.LAYER_MAX_TOKENS, "expert_max_tokens": build.EXPERT_MAX_TOKENS,
                     "calling_convention": CALLING_CONVENTION}
-        manifest |= write_shared(model, tokenizer, ckpt, scheme, tmp)
-        manifest["backends"] = build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp, progress)
+        manifest |= write_shared(source, scheme, tmp)
+        source.close()
+        records, stats = build_backends(str(ckpt_path), cfg, backends, scheme, group_size, jobs, work, progress)
+        manifest["backends"] = {b: backend_entry(b, records[b], cfg) for b in backends}
         if "onnx" in backends and scheme == "int8":
-            manifest["backends"]["onnx"] |= write_expert_graphs(model, tmp)
+            manifest["backends"]["onnx"] |= write_expert_graphs(Source(ckpt_path).expert(0, 0), cfg.dim, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if progress:
-            progress(0, "measuring expert memory", None)
+            progress("measuring expert memory", 0, None)
         charge_measured_footprint(tmp, manifest)
-        manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
+        manifest["export"] = stats | {"seconds": round(time.perf_counter() - t0, 1)}
+        manifest["export_seconds"] = manifest["export"]["seconds"]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if verify:
             from cosmoe_edge.export.verify import verify_artifact
 
             if progress:
-                progress(0, "verifying", None)
-            manifest["verification"] = verify_artifact(tmp, model, tokenizer, ckpt, scheme, backends)
+                progress("verifying", 0, None)
+            manifest["verification"] = verify_artifact(tmp, ckpt_path, scheme, backends)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        work.finish()
         ordinary_permissions(tmp)
         replace_dir(tmp, out)
         return manifest
+    except KeyboardInterrupt:
+        work.keep_or_discard()
+        raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        work.discard()
         raise
 
 
-def write_expert_graphs(model, tmp: Path) -> dict:
+def write_expert_graphs(expert, dim: int, tmp: Path) -> dict:
     """The weights form's two graphs, shared by every expert (all have one shape): the slot graph takes
     an expert's weights as inputs; the const graph holds them as initializers the runtime supplies."""
     import onnx
 
     from cosmoe_edge.export.expert_weights import expert_graph
 
-    expert = model.layers[0].ffn.experts[0]
     graphs = {}
     for kind in ("slot", "const"):
         path = tmp / "onnx" / "experts" / f"{kind}.onnx"
-        onnx.save(expert_graph(expert, model.cfg.dim, constant=kind == "const"), str(path))
+        onnx.save(expert_graph(expert, dim, constant=kind == "const"), str(path))
         graphs[kind] = file_entry(tmp, path)
     return {"expert_form": "weights", "expert_graphs": graphs}
 
@@ -173,79 +183,50 @@ def replace_dir(tmp: Path, out: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_backends(ckpt_path, cfg, backends, scheme, group_size, jobs, tmp: Path, progress) -> dict:
-    tasks = []
-    for b in backends:
-        tasks.append((build.build_backbone, (str(ckpt_path), b, scheme, group_size, str(tmp))))
-        tasks += [(build.build_expert, (str(ckpt_path), b, scheme, group_size, str(tmp), layer, e))
-                  for layer in range(cfg.n_layers) for e in range(cfg.num_experts)]
-    if progress:
-        progress(0, "exporting programs", len(tasks))
-    results = {b: {"backbone": None, "experts": []} for b in backends}
-    # spawn: forked children of a process that has run torch can deadlock in its thread pools
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx, initializer=ignore_sigint)
-    try:
-        futures = {pool.submit(fn, *args): args for fn, args in tasks}
-        for fut in as_completed(futures):
-            b = futures[fut][1]
-            try:
-                res = fut.result()
-            except (EdgeError, KeyboardInterrupt):
-                raise
-            except Exception as e:  # torch.export or a lowering refused this part: say which, in one line
-                what = "backbone" if len(futures[fut]) == 5 else f"expert {futures[fut][6]} of layer {futures[fut][5]}"
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                raise ExportError(f"building the {b} {what} failed: {type(e).__name__}: {first}", "build_failed") from e
-            if "files" in res:
-                results[b]["backbone"] = res
-            else:
-                results[b]["experts"].append(res)
-            if progress:
-                progress(1, "exporting programs", None)
-    except BaseException:
-        # Ctrl-C or a failed part: stop the workers now rather than wait for their current programs
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return {b: backend_entry(b, results[b], tmp) for b in backends}
+def built_stats(records: list[dict]) -> dict:
+    """How many parts were lowered, templated or written as weights, and the median seconds each took."""
+    out = {}
+    for how in ("lowered", "template", "weights"):
+        secs = sorted(r["seconds"] for r in records if r["how"] == how and "seconds" in r)
+        out[how] = sum(1 for r in records if r["how"] == how)
+        if secs:
+            out[f"{how}_median_s"] = secs[len(secs) // 2]
+    return out
 
 
-def ignore_sigint():
-    """Workers leave Ctrl-C to the parent, which stops them and removes the partial artifact."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def backend_entry(backend: str, res: dict, tmp: Path) -> dict:
-    bb = res["backbone"]
-    rel = lambda p: Path(p).relative_to(tmp).as_posix()  # noqa: E731
+def backend_entry(backend: str, records: list[dict], cfg) -> dict:
+    """The manifest's section of one backend, from the records of its parts (build.build_parts)."""
+    method = build.METHOD[backend]
+    by_kind = {k: sorted((r for r in records if r["kind"] == k), key=lambda r: r["index"])
+               for k in ("layer", "head", "expert")}
+    entry = lambda r: {k: r[k] for k in ("path", "bytes", "sha256")}  # noqa: E731
+    backbone = by_kind["layer"] + by_kind["head"]
+    names = [build.part_name(r["kind"], tuple(r["index"])) for r in backbone]
     experts = []
-    for e in sorted(res["experts"], key=lambda e: (e["layer"], e["expert"])):
-        entry = file_entry(tmp, Path(e["path"]), layer=e["layer"], expert=e["expert"])
-        entry["resident_bytes"] = entry["bytes"] + e["planned_bytes"]
-        experts.append(entry)
-    section = {
-        "backbone": {"files": [file_entry(tmp, Path(f)) for f in bb["files"]],
-                     "parts": {name: {"path": rel(p["path"]), "method": p["method"]} for name, p in bb["parts"].items()}},
-        "experts": experts,
-    }
+    for r in by_kind["expert"]:
+        e = entry(r) | {"layer": r["index"][0], "expert": r["index"][1]}
+        e["resident_bytes"] = e["bytes"] + r["report"].get("planned_bytes", {}).get(method, 0)
+        experts.append(e)
+    section = {"backbone": {"files": [entry(r) for r in backbone],
+                            "parts": {n: {"path": r["path"], "method": method} for n, r in zip(names, backbone, strict=True)}},
+               "experts": experts,
+               "built": built_stats(records)}
+    reports = {n: r["report"] for n, r in zip(names, backbone, strict=True)}
+    per_expert = [r["report"] for r in by_kind["expert"]]
     if backend == "executorch":
-        reports = [bb["report"]] + [e["report"] for e in res["experts"]]
         portable = {}
-        for r in reports:
+        for r in [*reports.values(), *per_expert]:
             for op, n in r["portable_ops"].items():
                 portable[op] = portable.get(op, 0) + n
         section["delegation"] = {
-            "xnnpack_ops": sum(r["delegated_ops"] for r in reports), "portable_ops": portable,
-            "backbone_delegate_calls": bb["report"]["delegate_calls"],
-            "expert_delegate_calls": max(e["report"]["delegate_calls"]["forward"] for e in res["experts"]),
-            "backbone_planned_bytes": bb["report"]["planned_bytes"]}
+            "xnnpack_ops": sum(r["delegated_ops"] for r in [*reports.values(), *per_expert]),
+            "portable_ops": portable,
+            "backbone_delegate_calls": {n: r["delegate_calls"][method] for n, r in reports.items()},
+            "expert_delegate_calls": max(r["delegate_calls"][method] for r in per_expert),
+            "backbone_planned_bytes": {n: r["planned_bytes"][method] for n, r in reports.items()}}
     else:
-        per_expert = [e["report"] for e in res["experts"]]
         section["expert_form"] = "program"  # int8 replaces it with the weights form (write_expert_graphs)
-        section["matmulnbits"] = {"backbone": bb["report"]["matmulnbits"],
+        section["matmulnbits"] = {"backbone": reports,
                                   "experts_ok": all(r["matmulnbits"] == r["linear_layers"] for r in per_expert)
                                   if per_expert and per_expert[0]["matmulnbits"] else None,
                                   "per_expert": per_expert[0]["matmulnbits"] if per_expert else 0}

@@ -1,28 +1,29 @@
-"""Build one part of an artifact (the backbone, or one expert) for one backend and write its file.
+"""Build the parts of an artifact (layer programs, the head, experts) for one backend and write their
+files. Runs inside worker processes: each task maps the checkpoint, builds only the parts it was given
+(export/source.py), and lowers the first parts of a shape in full and the rest from a template
+(export/templates.py)."""
 
-Runs inside worker processes (export is parallel over experts), so each call starts from the
-checkpoint path and a fresh copy of the model: quantisation works in place.
-"""
-
-import copy
+import hashlib
+import json
 import logging
 import os
+import pickle
+import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch.export import Dim
 
-from cosmoe_edge.export.programs import HeadProgram, LayerProgram, linears_to_matmul
+from cosmoe_edge.export.programs import linears_to_matmul
 from cosmoe_edge.export.quantize import count_ops, quantize_linears
-from cosmoe_edge.model.checkpoint import load_model
+from cosmoe_edge.export.source import Source
 
 LAYER_MAX_TOKENS = 64  # prefill chunk: the most tokens one backbone call takes
 EXPERT_MAX_TOKENS = 32  # ExecuTorch plans activation memory for the maximum: keep it small
 LAYER_INPUTS = ["h", "cos", "sin", "k_past", "v_past", "mask"]
 LAYER_OUTPUTS = ["h_out", "x", "router_logits", "k", "v"]
-
-_model = {}
+METHOD = {"executorch": "forward", "onnx": "main"}
 
 
 def quiet():
@@ -30,12 +31,6 @@ def quiet():
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHINDUCTOR_DISABLE", "1")
-
-
-def model_copy(ckpt_path: str):
-    if ckpt_path not in _model:
-        _model[ckpt_path] = load_model(ckpt_path)[0].requires_grad_(False)
-    return copy.deepcopy(_model[ckpt_path])
 
 
 def layer_example(cfg, T: int = 4, P: int = 8):
@@ -59,110 +54,177 @@ def token_dim(max_tokens: int):
     return ({0: Dim("T", min=1, max=max_tokens)},)
 
 
-def backbone_modules(model, scheme: str, group_size: int, backend: str):
-    """(name, module, expected MatMulNBits count) for each layer and the head, quantised for `backend`."""
-    head_scheme = "fp32" if scheme == "fp32" else "int8"
-    parts = []
-    for i, block in enumerate(model.layers):
-        prog = LayerProgram(block)
+def part_name(kind: str, index: tuple) -> str:
+    if kind == "expert":
+        return f"l{index[0]:02d}_e{index[1]:02d}"
+    return f"layer_{index[0]}" if kind == "layer" else "head"
+
+
+def part_path(backend: str, scheme: str, kind: str, index: tuple) -> str:
+    """The part's file, relative to the artifact."""
+    name = part_name(kind, index)
+    if backend == "executorch":
+        return f"executorch/{'experts' if kind == 'expert' else 'backbone'}/{name}.pte"
+    if kind == "expert":
+        return f"onnx/experts/{name}.{'safetensors' if scheme == 'int8' else 'onnx'}"
+    return f"onnx/backbone/{name}.onnx"
+
+
+class Part:
+    """One program to build: its module (quantised for the backend), example inputs, dynamic shapes,
+    and how many linear layers must become MatMulNBits nodes (ONNX)."""
+
+    def __init__(self, source: Source, backend: str, scheme: str, group_size: int, kind: str, index: tuple):
+        cfg = source.cfg
+        self.backend, self.kind, self.index = backend, kind, index
+        self.name = part_name(kind, index)
+        # the LM head is int8 for int8 and int4 (quantize.py)
+        self.scheme = ("fp32" if scheme == "fp32" else "int8") if kind == "head" else scheme
+        if kind == "layer":
+            module = source.layer_program(index[0])
+            skip = (module.router,)
+            self.example, self.shapes = layer_example(cfg), layer_dynamic_shapes(cfg)
+            self.io = (LAYER_INPUTS, LAYER_OUTPUTS)
+        else:
+            module = source.head_program() if kind == "head" else source.expert(*index)
+            skip = ()
+            self.example = (torch.randn(4, cfg.dim),)
+            self.shapes = token_dim(LAYER_MAX_TOKENS if kind == "head" else EXPERT_MAX_TOKENS)
+            self.io = (["h"], ["logits"]) if kind == "head" else (["x"], ["y"])
+        self.linear_layers = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear)) - len(skip)
         if backend == "executorch":
-            n = quantize_linears(prog, scheme, group_size, skip=(prog.router,))
-        else:
-            n = linears_to_matmul(prog, skip=(prog.router,)) if scheme != "fp32" else 0
-        parts.append((f"layer_{i}", prog, n))
-    head = HeadProgram(model)
-    if backend == "executorch":
-        quantize_linears(head, head_scheme, group_size)
-    elif head_scheme != "fp32":
-        linears_to_matmul(head)
-    parts.append(("head", head, 1 if head_scheme != "fp32" else 0))
-    return parts
+            quantize_linears(module, self.scheme, group_size, skip=skip)
+        elif self.scheme != "fp32":
+            linears_to_matmul(module, skip=skip)
+        self.module, self.group_size = module, group_size
+
+    def lower(self) -> tuple[bytes, dict, object]:
+        """(file bytes, report, what a template learns from: the .pte bytes, or the traced fp32 graph)."""
+        if self.backend == "executorch":
+            from cosmoe_edge.export.to_executorch import lower
+
+            data, report = lower({METHOD["executorch"]: (self.module, self.example, self.shapes)})
+            return data, report, data
+        from cosmoe_edge.export.to_onnx import to_onnx
+
+        traced = to_onnx(self.module, self.example, *self.io, self.shapes)
+        data, report = self.quantize(traced)
+        return data, report, traced
+
+    def quantize(self, traced) -> tuple[bytes, dict]:
+        import onnx
+
+        from cosmoe_edge.export.to_onnx import quantize
+
+        expected = self.linear_layers if self.scheme != "fp32" else 0
+        traced = onnx.ModelProto.FromString(traced.SerializeToString())  # the quantiser edits in place
+        proto, n = quantize(traced, self.scheme, self.group_size, expected, self.name)
+        return proto.SerializeToString(), {"matmulnbits": n, "linear_layers": self.linear_layers,
+                                           "gemm_fp32": count_ops(proto, "Gemm")}
+
+    def render(self, template) -> tuple[bytes, dict] | None:
+        if self.backend == "executorch":
+            data = template.template.render(self.module)
+            return None if data is None else (data, template.report)
+        traced = template.template.render(self.module)
+        return None if traced is None else self.quantize(traced)
 
 
-def build_backbone(ckpt_path: str, backend: str, scheme: str, group_size: int, out_dir: str) -> dict:
-    quiet()
-    torch.set_num_threads(1)
-    model = model_copy(ckpt_path)
-    cfg = model.cfg
-    parts = backbone_modules(model, scheme, group_size, backend)
-    out_dir = Path(out_dir)
-    head_example = (torch.randn(4, cfg.dim),)
-    if backend == "executorch":
-        from cosmoe_edge.export.to_executorch import lower
+class Template:
+    """A learned template and the report its (identical) programs share."""
 
-        methods = {name: (mod, head_example if name == "head" else layer_example(cfg),
-                          token_dim(LAYER_MAX_TOKENS) if name == "head" else layer_dynamic_shapes(cfg))
-                   for name, mod, _ in parts}
-        data, report = lower(methods)
-        path = out_dir / "executorch" / "backbone.pte"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return {"files": [str(path)], "parts": {name: {"path": str(path), "method": name} for name, _, _ in parts},
-                "report": report}
-
-    import onnx
-
-    from cosmoe_edge.export.to_onnx import quantize, to_onnx
-
-    files, part_paths, nbits = [], {}, {}
-    for name, mod, expected in parts:
-        if name == "head":
-            proto = to_onnx(mod, head_example, ["h"], ["logits"], token_dim(LAYER_MAX_TOKENS))
-            proto, n = quantize(proto, "int8" if scheme != "fp32" else "fp32", group_size, expected, name)
-        else:
-            proto = to_onnx(mod, layer_example(cfg), LAYER_INPUTS, LAYER_OUTPUTS, layer_dynamic_shapes(cfg))
-            proto, n = quantize(proto, scheme, group_size, expected, name)
-        path = out_dir / "onnx" / "backbone" / f"{name}.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(proto, str(path))
-        files.append(str(path))
-        part_paths[name] = {"path": str(path), "method": "main"}
-        nbits[name] = {"matmulnbits": n, "linear_layers": expected, "gemm_fp32": count_ops(proto, "Gemm")}
-    return {"files": files, "parts": part_paths, "report": {"matmulnbits": nbits}}
+    def __init__(self, template, report: dict):
+        self.template, self.report = template, report
 
 
-def build_expert(ckpt_path: str, backend: str, scheme: str, group_size: int, out_dir: str, layer: int,
-                 expert: int) -> dict:
-    quiet()
-    torch.set_num_threads(1)
-    model = model_copy(ckpt_path)
-    module = model.layers[layer].ffn.experts[expert]
-    example = (torch.randn(4, model.cfg.dim),)
-    name = f"l{layer:02d}_e{expert:02d}"
-    n_linear = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear))
-    if backend == "executorch":
-        from cosmoe_edge.export.to_executorch import lower
+def learn(part: Part, seed) -> "Template | None":
+    from cosmoe_edge.export.templates import OnnxTemplate, PteTemplate
 
-        quantize_linears(module, scheme, group_size)
-        data, report = lower({"forward": (module, example, token_dim(EXPERT_MAX_TOKENS))})
-        path = Path(out_dir) / "executorch" / "experts" / f"{name}.pte"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return {"layer": layer, "expert": expert, "path": str(path), "planned_bytes": report["planned_bytes"]["forward"],
-                "report": report}
+    kind = PteTemplate if part.backend == "executorch" else OnnxTemplate
+    return kind.learn(seed, part.module)
 
-    if scheme == "int8":  # the weights form: no program of its own (expert_weights.py)
-        from safetensors.numpy import save_file
 
-        from cosmoe_edge.export.expert_weights import expert_tensors
-
-        path = Path(out_dir) / "onnx" / "experts" / f"{name}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = expert_tensors(module)
-        save_file(tensors, str(path))
-        return {"layer": layer, "expert": expert, "path": str(path), "planned_bytes": 0,
-                "report": {"matmulnbits": 0, "linear_layers": n_linear, "weights": len(tensors) // 2}}
-
-    import onnx
-
-    from cosmoe_edge.export.to_onnx import quantize, to_onnx
-
-    if scheme != "fp32":
-        linears_to_matmul(module)
-    proto = to_onnx(module, example, ["x"], ["y"], token_dim(EXPERT_MAX_TOKENS))
-    proto, n = quantize(proto, scheme, group_size, n_linear if scheme != "fp32" else 0, name)
-    path = Path(out_dir) / "onnx" / "experts" / f"{name}.onnx"
+def write_file(root: Path, rel: str, data: bytes) -> dict:
+    """Written beside its place and renamed: a killed export never leaves a truncated part behind."""
+    path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    return {"layer": layer, "expert": expert, "path": str(path), "planned_bytes": 0,
-            "report": {"matmulnbits": n, "linear_layers": n_linear}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return {"path": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def finished(root: Path, record: dict) -> dict:
+    """Record a written part where --resume finds it, even if this task is killed before it returns."""
+    folder = root / ".export" / "parts"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = record["path"].replace("/", "__")
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, folder / f"{name}.json")
+    return record
+
+
+def build_parts(ckpt_path: str, backend: str, scheme: str, group_size: int, out_dir: str, kind: str,
+                indices: list[tuple], template_file: str | None = None, learn_template: bool = False) -> dict:
+    """Build and write the parts `indices` of one kind (one shape). learn_template: the first part is
+    lowered and taught to a template, the second is lowered too and must come out of the template byte
+    for byte; only then is the template saved to `template_file` for the other tasks of this shape.
+    Otherwise the parts come from the template in `template_file` when there is one, else are lowered."""
+    from cosmoe_edge.runtime.metrics import peak_rss_bytes, release_heap
+
+    quiet()
+    torch.set_num_threads(1)
+    root = Path(out_dir)
+    template = None
+    if template_file and not learn_template and Path(template_file).is_file():
+        template = pickle.loads(Path(template_file).read_bytes())
+    records, learned, checked = [], None, None
+    with Source(ckpt_path) as source:
+        for i, index in enumerate(indices):
+            if kind == "expert" and backend == "onnx" and scheme == "int8":
+                records.append(finished(root, weights_form(source, root, index)))
+                continue
+            t0 = time.perf_counter()
+            part = Part(source, backend, scheme, group_size, kind, index)
+            built = part.render(template) if template is not None else None
+            how = "template"
+            if built is None:
+                data, report, seed = part.lower()
+                built, how = (data, report), "lowered"
+                if learn_template and i == 0:
+                    found = learn(part, seed)
+                    learned = Template(found, report) if found is not None else None
+                elif learn_template and i == 1 and learned is not None:
+                    checked = part.render(learned)
+                    checked = checked is not None and checked[0] == data
+            record = write_file(root, part_path(backend, scheme, kind, index), built[0])
+            records.append(finished(root, record | {"backend": backend, "kind": kind, "index": list(index),
+                                                    "report": built[1], "how": how,
+                                                    "seconds": round(time.perf_counter() - t0, 3)}))
+            del part
+            release_heap()
+    out = {"records": records, "peak_rss": peak_rss_bytes()}
+    if learn_template:
+        out["template"] = bool(learned is not None and checked)
+        if out["template"] and template_file:
+            tmp = Path(template_file).with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(learned))
+            os.replace(tmp, template_file)
+    return out
+
+
+def weights_form(source: Source, root: Path, index: tuple) -> dict:
+    """An ONNX int8 expert in the weights form: its tensors only (expert_weights.py), no program."""
+    from safetensors.numpy import save
+
+    from cosmoe_edge.export.expert_weights import expert_tensors
+
+    t0 = time.perf_counter()
+    module = source.expert(*index)
+    n_linear = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear))
+    tensors = expert_tensors(module)
+    record = write_file(root, part_path("onnx", "int8", "expert", index), save(tensors))
+    return record | {"backend": "onnx", "kind": "expert", "index": list(index), "how": "weights",
+                     "seconds": round(time.perf_counter() - t0, 3),
+                     "report": {"matmulnbits": 0, "linear_layers": n_linear, "weights": len(tensors) // 2}}

@@ -1,6 +1,6 @@
 """edge-export: quantise a CoSMoE checkpoint and write an artifact for ExecuTorch and ONNX."""
 
-import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -39,7 +39,11 @@ def main(
     out: Annotated[Path, typer.Option(help="Artifact folder to write.")] = Path("artifact"),
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     verify: Annotated[bool, typer.Option(help="Compare the written artifact with the eager model.")] = True,
-    jobs: Annotated[int, typer.Option(help="Worker processes exporting experts in parallel.")] = os.cpu_count() or 1,
+    jobs: Annotated[int | None, typer.Option(help="Worker processes building parts in parallel (default: what the "
+                                                  "cores and the free memory allow; a higher number is lowered).",
+                                             show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted export into --out (same "
+                                                          "model and options), keeping the parts it finished.")] = False,
 ):
     from cosmoe_edge.export.quantize import SCHEMES
 
@@ -51,34 +55,52 @@ def main(
         fail(f"model not found: {model}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         fail(f"{out} exists and is not empty; pass --force to replace it")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         fail("--jobs must be at least 1")
     backends = list(BACKENDS) if backend == "all" else [backend]
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from cosmoe_edge.errors import EdgeError
     from cosmoe_edge.export.artifact import export_artifact
     from cosmoe_edge.export.build import quiet
+    from cosmoe_edge.export.schedule import choose_jobs
+    from cosmoe_edge.export.source import Source
 
     quiet()
+    # `kill` (SIGTERM) stops an export like Ctrl-C does: the finished parts are kept for --resume
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with Source(model) as source:
+            cfg = source.cfg
+    except EdgeError as e:
+        fail(str(e))
+    jobs, lowered = choose_jobs(jobs, cfg)
+    if lowered:
+        print(f"edge-export: {lowered}", file=sys.stderr)
     console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("loading", total=None)
+    partial = out.parent / f".{out.name}.partial"
+    with Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) as bar:
+        tasks = {}
 
-        def progress(advance, description, total):
-            bar.update(task, advance=advance, description=description, **({"total": total} if total else {}))
+        def progress(what, advance, total):
+            if what not in tasks:  # a backend's parts, or a stage after them
+                label = f"{what} parts" if what in BACKENDS else what
+                tasks[what] = bar.add_task(label, total=total)
+            bar.update(tasks[what], advance=advance, **({"total": total} if total else {}))
 
         try:
-            manifest = export_artifact(model, out, quant, group_size, backends, jobs, verify, progress)
+            manifest = export_artifact(model, out, quant, group_size, backends, jobs, verify, progress, resume)
         except EdgeError as e:
             fail(str(e))
         except OSError as e:
             fail(f"cannot write {e.filename or out}: {e.strerror or e}")
         except KeyboardInterrupt:
-            fail(f"interrupted; nothing was written to {out}", 130)
+            kept = (f"; the finished parts are kept in {partial}: the same command with --resume continues"
+                    if partial.exists() else "")
+            fail(f"interrupted; nothing was written to {out}{kept}", 130)
     print_summary(manifest, out)
     failed = [b for b, r in manifest.get("verification", {}).items() if not r["passed"]]
     if failed:
@@ -87,13 +109,19 @@ def main(
         raise typer.Exit(3)
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def print_summary(m: dict, out: Path):
     from rich.console import Console
     from rich.table import Table
 
     q = m["quant"]
+    x = m["export"]
     t = Table(title=f"{out}  ({q['scheme']}" + (f", group {q['group_size']}" if q["group_size"] else "") +
-              f", exported in {m['export_seconds']:.0f}s)")
+              f", exported in {x['seconds']:.0f}s with {x['jobs']} worker{'s' * (x['jobs'] > 1)}" +
+              (f", {x['resumed_parts']} parts resumed" if x["resumed_parts"] else "") + ")")
     for col in ("backend", "files", "total", "backbone", "all experts", "one expert"):
         t.add_column(col, justify="left" if col == "backend" else "right")
     shared = sum(m[k]["bytes"] for k in ("tokenizer", "routers"))  # the embedding counts with the backbone

@@ -81,17 +81,15 @@ class LayerProgram(nn.Module):
 
 
 class HeadProgram(nn.Module):
-    """Final norm and LM head: h (T, D) -> logits (T, V). A tied head gets its own copy of the
-    embedding matrix, so it can be quantised as a linear layer."""
+    """Final norm and LM head: h (T, D) -> logits (T, V). Built from the two weights (a tied head gets
+    its own copy of the embedding matrix, so it can be quantised as a linear layer)."""
 
-    def __init__(self, model):
+    def __init__(self, norm_weight: torch.Tensor, eps: float, head_weight: torch.Tensor):
         super().__init__()
-        self.norm = model.norm
-        if model.lm_head is None:
-            self.lm_head = nn.Linear(model.cfg.dim, model.cfg.vocab_size, bias=False)
-            self.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone(), requires_grad=False)
-        else:
-            self.lm_head = model.lm_head
+        self.norm = RMSNorm(norm_weight.shape[0], eps)
+        self.norm.weight = nn.Parameter(norm_weight, requires_grad=False)
+        self.lm_head = nn.Linear(head_weight.shape[1], head_weight.shape[0], bias=False)
+        self.lm_head.weight = nn.Parameter(head_weight, requires_grad=False)
 
     def forward(self, h):
         return self.lm_head(rms_norm(h, self.norm))

@@ -18,7 +18,19 @@ def to_onnx(module, example, input_names, output_names, dynamic_shapes):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, example, dynamo=True, input_names=input_names,
                                     output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False)
-    return program.model_proto
+    return without_debug_info(program.model_proto)
+
+
+def without_debug_info(proto):
+    """Drop the exporter's per-node debug metadata (source file paths, stack traces, module names): an
+    artifact's bytes should depend on the model, not on the folder the exporter ran from."""
+    for node in proto.graph.node:
+        node.ClearField("metadata_props")
+        node.ClearField("doc_string")
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info, *proto.graph.initializer]:
+        value.ClearField("metadata_props")
+        value.ClearField("doc_string")
+    return proto
 
 
 def quantize(model, scheme: str, group_size: int, expected_matmuls: int, what: str):

@@ -41,12 +41,14 @@ def save_checkpoint(path, model: CoSMoE, tokenizer_json: str, meta: dict, train_
         raise
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, mmap: bool = False) -> dict:
+    """mmap: tensors stay in the file and are read as they are touched (the exporter reads one part at
+    a time, so its memory follows the part and not the model)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # zip/pickle errors carry no useful detail for a user
         raise CheckpointError(f"{path} is not a readable cosmoe checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):

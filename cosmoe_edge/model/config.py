@@ -93,4 +93,8 @@ PRESETS = {
     # 8 layers, 8 experts top-2, expert hidden 1408, vocab 8192; ~150M params). Random weights.
     "llamacpp-ref": ModelConfig(vocab_size=8192, dim=512, n_layers=8, n_heads=8, n_kv_heads=4, max_seq_len=512,
                                 num_experts=8, top_k=2, expert_hidden=1408, tie_embeddings=False),
+    # a 1.2B-parameter MoE, the size people run on phones: what an export must handle in bounded memory
+    # (hidden 1024, 16 layers, 8 experts top-2 of hidden 2816, vocab 32000). Random weights.
+    "moe-1.2b": ModelConfig(vocab_size=32000, dim=1024, n_layers=16, n_heads=16, n_kv_heads=8, max_seq_len=1024,
+                            num_experts=8, top_k=2, expert_hidden=2816, tie_embeddings=False),
 }

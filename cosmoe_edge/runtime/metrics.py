@@ -9,9 +9,9 @@ from pathlib import Path
 _libc = None
 
 
-def _status() -> dict:
+def _status(pid: int | str = "self") -> dict:
     out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, val = line.partition(":")
         if val.strip().endswith("kB"):
             out[key] = int(val.split()[0]) * 1024
@@ -25,6 +25,27 @@ def rss_bytes() -> int:
 def peak_rss_bytes() -> int:
     """VmHWM: the high-water mark of resident memory since the process started."""
     return _status().get("VmHWM", 0)
+
+
+def tree_rss_bytes(root: int) -> int:
+    """VmRSS of process `root` and all its descendants, summed (an exporter and its workers)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            total += _status(pid).get("VmRSS", 0)
+        except OSError:  # exited meanwhile
+            pass
+    return total
 
 
 def storage_read_bytes() -> int:
