@@ -29,7 +29,8 @@ def human(n: float) -> str:
 @app.command(help="Quantise MODEL (a model.pt from edge-train) and write an artifact folder: a backbone plus one "
                   "program file per expert per layer, for ExecuTorch (.pte, XNNPACK) and ONNX (onnxruntime), "
                   "with a manifest of sizes and checksums. The artifact is then run through the edge runtime "
-                  "and compared with the eager model (unless --no-verify).")
+                  "and compared with the eager model (unless --no-verify). The work happens in .OUT.partial beside --out, "
+                  "renamed into place when complete; interrupted, its finished parts stay there for --resume.")
 def main(
     model: Annotated[Path, typer.Argument(help="Checkpoint written by edge-train (e.g. models/cosmoe-default.pt).")],
     quant: Annotated[str, typer.Option(help="Weights: fp32, int8 (per channel; ONNX experts then load by mapping "
