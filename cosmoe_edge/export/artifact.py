@@ -99,7 +99,8 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
         records, stats = build_backends(str(ckpt_path), cfg, backends, scheme, group_size, jobs, work, progress)
         manifest["backends"] = {b: backend_entry(b, records[b], cfg) for b in backends}
         if "onnx" in backends and scheme == "int8":
-            manifest["backends"]["onnx"] |= write_expert_graphs(Source(ckpt_path).expert(0, 0), cfg.dim, tmp)
+            with Source(ckpt_path) as src:
+                manifest["backends"]["onnx"] |= write_expert_graphs(src.expert(0, 0), cfg.dim, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if progress:
             progress("measuring expert memory", 0, None)

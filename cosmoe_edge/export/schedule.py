@@ -127,7 +127,7 @@ def choose_jobs(requested: int | None, cfg) -> tuple[int, str | None]:
     return requested, None
 
 
-def plan(cfg, backends: list[str], scheme: str) -> list[tuple[str, str, list[tuple]]]:
+def plan(cfg, backends: list[str]) -> list[tuple[str, str, list[tuple]]]:
     """(backend, kind, indices) per shape: the head, the layer programs, the experts."""
     groups = []
     for b in backends:
@@ -139,7 +139,7 @@ def plan(cfg, backends: list[str], scheme: str) -> list[tuple[str, str, list[tup
 
 def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work: Workdir, progress):
     """Build every part not already done; returns ({backend: [record]}, stats)."""
-    groups = plan(cfg, backends, scheme)
+    groups = plan(cfg, backends)
     total = {b: sum(len(ix) for bb, _, ix in groups if bb == b) for b in backends}
     records = {b: [] for b in backends}
     for r in work.done.values():
