@@ -12,10 +12,8 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -26,7 +24,7 @@ from doc_figures import write_between_markers
 from cosmoe_edge.model.checkpoint import load_checkpoint
 from cosmoe_edge.model.config import ModelConfig
 from cosmoe_edge.model.model import CoSMoE, param_summary
-from cosmoe_edge.runtime.metrics import tree_rss_bytes
+from cosmoe_edge.runtime.metrics import run_with_tree_peak
 
 
 def export(ckpt: Path, verify: bool) -> dict:
@@ -35,24 +33,13 @@ def export(ckpt: Path, verify: bool) -> dict:
     if not verify:
         cmd.append("--no-verify")
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample():
-        while p.poll() is None:
-            peak[0] = max(peak[0], tree_rss_bytes(p.pid))
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    stdout, stderr = p.communicate()
-    thread.join()
+    p, peak = run_with_tree_peak(cmd)
     seconds = time.perf_counter() - t0
     if p.returncode not in (0, 3):  # 3: written, verification missed its goal (random weights may)
-        raise SystemExit(f"{ckpt}: edge-export failed ({p.returncode}): {stderr[-2000:]}")
+        raise SystemExit(f"{ckpt}: edge-export failed ({p.returncode}): {p.stderr[-2000:]}")
     m = json.loads((out / "manifest.json").read_text())
     shutil.rmtree(out.parent)
-    return {"seconds": seconds, "peak_rss": peak[0], "export": m["export"], "verified": verify,
+    return {"seconds": seconds, "peak_rss": peak, "export": m["export"], "verified": verify,
             "verification": {b: v["heldout"]["ppl_change"] for b, v in m.get("verification", {}).items()},
             "built": {b: s["built"] for b, s in m["backends"].items()},
             "bytes": {b: sum(f["bytes"] for f in s["backbone"]["files"]) + sum(e["bytes"] for e in s["experts"])

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import torch
@@ -16,7 +15,7 @@ from cosmoe_edge.export.source import Source
 from cosmoe_edge.export.templates import PteTemplate
 from cosmoe_edge.model.checkpoint import load_model
 from cosmoe_edge.runtime.manifest import sha256_file
-from cosmoe_edge.runtime.metrics import tree_rss_bytes
+from cosmoe_edge.runtime.metrics import run_with_tree_peak
 
 CLI = [sys.executable, "-m", "cosmoe_edge.export.cli"]
 
@@ -95,19 +94,8 @@ def test_resumed_export_after_a_kill_equals_an_uninterrupted_one(tmp_path, tiny_
     assert r.returncode == 2 and "made with another scheme" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
     # resumed, with the memory of the exporter and its workers sampled throughout
-    p = subprocess.Popen([*args, "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample():
-        while p.poll() is None:
-            peak[0] = max(peak[0], tree_rss_bytes(p.pid))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    _, err = p.communicate(timeout=600)
-    sampler.join()
-    assert p.returncode == 0, err[-2000:]
+    r, peak = run_with_tree_peak([*args, "--resume"], timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["export"]["resumed_parts"] >= 3 and not partial.exists()
     assert not list(out.rglob(".export")) and not list(out.rglob("*.tmp"))
@@ -119,5 +107,5 @@ def test_resumed_export_after_a_kill_equals_an_uninterrupted_one(tmp_path, tiny_
         assert m["backends"][b]["backbone"] == ref["backends"][b]["backbone"]
     # Loose bound: two workers (~0.6 GB of torch, executorch and onnx each) and the exporter, verifying.
     # The tiny model is a few MB: a bound that follows the model's size would be tighter than noise.
-    assert 0 < peak[0] < 3.5e9, peak[0]
+    assert 0 < peak < 3.5e9, peak
     assert m["export"]["worker_peak_rss_bytes"] < 1.5e9

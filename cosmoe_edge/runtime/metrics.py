@@ -4,6 +4,9 @@
 import ctypes
 import ctypes.util
 import os
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 _libc = None
@@ -46,6 +49,28 @@ def tree_rss_bytes(root: int) -> int:
         except OSError:  # exited meanwhile
             pass
     return total
+
+
+def run_with_tree_peak(cmd: list[str], timeout: float | None = None) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `cmd` to completion (output captured) while sampling the summed VmRSS of it and its children
+    every 50 ms; returns the finished process and the peak of that sum."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample():
+        while p.poll() is None:
+            peak[0] = max(peak[0], tree_rss_bytes(p.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        sampler.join()
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err), peak[0]
 
 
 def storage_read_bytes() -> int:
