@@ -25,6 +25,10 @@ def edge_export():
     _launch("edge-export", "export", ("torch", "executorch", "onnx", "onnxruntime"), "cosmoe_edge.export.cli")
 
 
+def edge_convert():
+    _launch("edge-convert", "train", ("torch", "safetensors"), "cosmoe_edge.export.convert")
+
+
 def edge_run():  # needs only the extra of the backend it is asked for, which the runtime checks itself
     from cosmoe_edge.runtime.cli import app
 
