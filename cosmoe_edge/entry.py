@@ -26,7 +26,7 @@ def edge_export():
 
 
 def edge_convert():
-    _launch("edge-convert", "train", ("torch", "safetensors"), "cosmoe_edge.export.convert")
+    _launch("edge-convert", "hf", ("torch", "safetensors", "gguf"), "cosmoe_edge.export.convert")
 
 
 def edge_run():  # needs only the extra of the backend it is asked for, which the runtime checks itself

@@ -71,3 +71,15 @@ def test_ram_cap_where_no_cgroup_can_be_made_is_one_line(int4_artifact, tmp_path
     assert r.exit_code == 2 and "cannot make a memory cgroup" in r.output, r.output
     r = CliRunner().invoke(cli.app, [str(int4_artifact), "--ram-cap", "25%", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "sizes like 200MB" in r.output, r.output
+
+
+def test_llamacpp_build_flags_and_output():
+    from cosmoe_edge.bench.llamacpp import cmake_flags, completion_text
+
+    assert not any("amx" in f for f in cmake_flags({"avx2", "avx512f"}))
+    assert any("-mno-amx-tile" in f for f in cmake_flags({"avx512f", "amx_tile", "amx_int8"}))
+    # llama-completion's stdout with --no-display-prompt: the continuation, " [end of text]\n" if the model
+    # ended it, then "\n\n" always
+    assert completion_text(" a mutable sequence.\n\nThe list [end of text]\n\n\n") == " a mutable sequence.\n\nThe list"
+    assert completion_text(" ran out of -n tokens\n\n") == " ran out of -n tokens"
+    assert completion_text(" ends in newlines\n\n\n\n") == " ends in newlines\n\n"

@@ -14,33 +14,45 @@ def fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
-@app.command(help="Write MODEL (a model.pt with plain SwiGLU experts) as a transformers Mixtral folder: "
-                  "config.json, model.safetensors (fp32), tokenizer.json. The weights are the same, so "
-                  "transformers' MixtralForCausalLM gives the eager model's logits. Models with weight-"
-                  "decomposed experts or a shared expert have no Mixtral form and are refused.")
+@app.command(help="Write MODEL (a model.pt with plain SwiGLU experts) in a format other engines read: --to hf, a "
+                  "transformers Mixtral folder (config.json, model.safetensors in fp32, tokenizer.json), whose "
+                  "MixtralForCausalLM gives the eager model's logits; --to gguf, one fp32 GGUF file for llama.cpp "
+                  "(llama architecture with experts, the byte-level BPE as a gpt2 vocabulary; quantise it with "
+                  "llama-quantize). Models with weight-decomposed experts or a shared expert have no Mixtral form "
+                  "and are refused.")
 def main(
     model: Annotated[Path, typer.Argument(help="Checkpoint written by edge-train (e.g. models/cosmoe-default.pt).")],
-    out: Annotated[Path, typer.Option(help="Folder to write.")],
-    to: Annotated[str, typer.Option(help="Target format: hf (a transformers MixtralForCausalLM folder).")] = "hf",
+    out: Annotated[Path, typer.Option(help="Folder (hf) or file (gguf) to write.")],
+    to: Annotated[str, typer.Option(help="hf (a transformers MixtralForCausalLM folder) or gguf (a llama.cpp file).")] = "hf",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
 ):
     from cosmoe_edge.errors import EdgeError
-    from cosmoe_edge.export.mixtral import to_hf_folder
+    from cosmoe_edge.export.mixtral import to_gguf, to_hf_folder
 
-    if to != "hf":
-        fail(f"unknown --to {to!r}; this version writes hf (a transformers Mixtral folder)")
+    if to not in ("hf", "gguf"):
+        fail(f"unknown --to {to!r}; choose hf (a transformers Mixtral folder) or gguf (a llama.cpp file)")
     if not model.is_file():
         fail(f"model not found: {model}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        fail(f"{out} exists and is not empty; pass --force to replace it")
+    if to == "gguf" and out.is_dir():
+        fail(f"{out} is a folder; --to gguf writes one file")
+    if out.exists() and not force and (to == "gguf" or not out.is_dir() or any(out.iterdir())):
+        fail(f"{out} exists{'' if to == 'gguf' else ' and is not empty'}; pass --force to replace it")
     try:
-        to_hf_folder(model, out)
+        if to == "gguf":
+            if out.exists():
+                out.unlink()
+            to_gguf(model, out)
+        else:
+            to_hf_folder(model, out)
     except EdgeError as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot write {e.filename or out}: {e.strerror or e}")
-    print(f"wrote {out} (MixtralForCausalLM, fp32): load it with "
-          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    if to == "gguf":
+        print(f"wrote {out} (GGUF, llama architecture with experts, fp32): quantise it with llama-quantize")
+    else:
+        print(f"wrote {out} (MixtralForCausalLM, fp32): load it with "
+              f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""A CoSMoE checkpoint as a transformers Mixtral folder, so that other engines (transformers, and
-llama.cpp through its own converter) run the same weights.
+"""A CoSMoE checkpoint as a transformers Mixtral folder and as a GGUF file, so that other engines
+(transformers, llama.cpp) run the same weights.
 
 The mapping is exact, not approximate: CoSMoE's layer is Mixtral's (RMSNorm, GQA attention with
 rotate-half RoPE, a softmax router whose top-k weights are renormalised, SwiGLU experts w1/w3/w2), so
@@ -96,3 +96,85 @@ def to_hf_folder(ckpt: Path, out: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out
+
+
+def permute_for_ggml(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """q/k rows from rotate-half RoPE order (first halves, then second halves of each head) to the
+    adjacent-pair order llama.cpp's llama architecture rotates (llama.cpp's own HF converter does this)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def to_gguf(ckpt: Path, out: Path) -> Path:
+    """One GGUF file (llama architecture with experts, as llama.cpp reads Mixtral; fp32 tensors; the
+    byte-level BPE as a gpt2 vocabulary with its merges), written beside `out` and renamed."""
+    import gguf
+
+    with Source(ckpt) as source:
+        cfg = source.cfg
+        check_convertible(cfg)
+        tok = source.tokenizer
+        spec = json.loads(source.tokenizer_json)
+        w = gguf.GGUFWriter(None, "llama")
+        w.add_name(Path(ckpt).stem)
+        w.add_context_length(cfg.max_seq_len)
+        w.add_embedding_length(cfg.dim)
+        w.add_block_count(cfg.n_layers)
+        w.add_feed_forward_length(cfg.expert_hidden)
+        w.add_head_count(cfg.n_heads)
+        w.add_head_count_kv(cfg.n_kv_heads)
+        w.add_rope_dimension_count(cfg.head_dim)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_expert_count(cfg.num_experts)
+        w.add_expert_used_count(cfg.top_k)
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        # the vocabulary: ids beyond the tokenizer's (a larger model vocabulary) become unused tokens
+        vocab = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
+        special = {a["id"] for a in spec.get("added_tokens", []) if a.get("special")}
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list([vocab.get(i, f"[UNUSED_{i}]") for i in range(cfg.vocab_size)])
+        w.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL if i in vocab
+                           else gguf.TokenType.UNUSED for i in range(cfg.vocab_size)])
+        merges = spec["model"]["merges"]
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+        eos = eos_id(tok)
+        w.add_eos_token_id(eos)
+        w.add_bos_token_id(eos)
+        w.add_add_bos_token(False)
+        for name, t in gguf_tensors(source):
+            w.add_tensor(name, t.numpy())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.partial")
+        try:
+            w.write_header_to_file(tmp)
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return out
+
+
+def gguf_tensors(source: Source):
+    """(GGUF name, fp32 tensor) in llama.cpp's layout: experts stacked per layer, q/k permuted."""
+    cfg = source.cfg
+    yield "token_embd.weight", source.tensor("tok_emb.weight")
+    yield "output_norm.weight", source.tensor("norm.weight")
+    if not cfg.tie_embeddings:
+        yield "output.weight", source.tensor("lm_head.weight")
+    for i in range(cfg.n_layers):
+        t = lambda name, i=i: source.tensor(f"layers.{i}.{name}")  # noqa: E731
+        yield f"blk.{i}.attn_norm.weight", t("attn_norm.weight")
+        yield f"blk.{i}.attn_q.weight", permute_for_ggml(t("attn.wq.weight"), cfg.n_heads)
+        yield f"blk.{i}.attn_k.weight", permute_for_ggml(t("attn.wk.weight"), cfg.n_kv_heads)
+        yield f"blk.{i}.attn_v.weight", t("attn.wv.weight")
+        yield f"blk.{i}.attn_output.weight", t("attn.wo.weight")
+        yield f"blk.{i}.ffn_norm.weight", t("ffn_norm.weight")
+        yield f"blk.{i}.ffn_gate_inp.weight", t("ffn.router.weight")
+        for ours, theirs in (("w1", "gate"), ("w3", "up"), ("w2", "down")):
+            yield f"blk.{i}.ffn_{theirs}_exps.weight", torch.stack(
+                [t(f"ffn.experts.{e}.{ours}.weight") for e in range(cfg.num_experts)])
