@@ -105,8 +105,9 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
         if progress:
             progress("measuring expert memory", 0, None)
         charge_measured_footprint(tmp, manifest)
-        manifest["export"] = stats | {"seconds": round(time.perf_counter() - t0, 1)}
-        manifest["export_seconds"] = manifest["export"]["seconds"]
+        manifest["export"] = stats | {"parts": {how: sum(s["built"][how] for s in manifest["backends"].values())
+                                                for how in ("lowered", "template", "weights")}}
+        manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if verify:
             from cosmoe_edge.export.verify import verify_artifact
@@ -181,7 +182,7 @@ def replace_dir(tmp: Path, out: Path):
         out.rename(old)
     tmp.rename(out)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
 def built_stats(records: list[dict]) -> dict:

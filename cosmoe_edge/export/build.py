@@ -66,7 +66,7 @@ def part_path(backend: str, scheme: str, kind: str, index: tuple) -> str:
     if backend == "executorch":
         return f"executorch/{'experts' if kind == 'expert' else 'backbone'}/{name}.pte"
     if kind == "expert":
-        return f"onnx/experts/{name}.{'safetensors' if scheme == 'int8' else 'onnx'}"
+        return f"onnx/experts/{name}.{'safetensors' if is_weights_form(backend, scheme, kind) else 'onnx'}"
     return f"onnx/backbone/{name}.onnx"
 
 
@@ -144,25 +144,29 @@ def learn(part: Part, seed) -> "Template | None":
     return kind.learn(seed, part.module)
 
 
-def write_file(root: Path, rel: str, data: bytes) -> dict:
-    """Written beside its place and renamed: a killed export never leaves a truncated part behind."""
-    path = root / rel
+def write_atomic(path: Path, data: bytes):
+    """Written beside its place and renamed: a killed export never leaves a truncated file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_file(root: Path, rel: str, data: bytes) -> dict:
+    write_atomic(root / rel, data)
     return {"path": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def finished(root: Path, record: dict) -> dict:
     """Record a written part where --resume finds it, even if this task is killed before it returns."""
-    folder = root / ".export" / "parts"
-    folder.mkdir(parents=True, exist_ok=True)
     name = record["path"].replace("/", "__")
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / f"{name}.json")
+    write_atomic(root / ".export" / "parts" / f"{name}.json", json.dumps(record).encode())
     return record
+
+
+def is_weights_form(backend: str, scheme: str, kind: str) -> bool:
+    """ONNX int8 experts are their weights only (expert_weights.py): nothing to lower or template."""
+    return backend == "onnx" and scheme == "int8" and kind == "expert"
 
 
 def build_parts(ckpt_path: str, backend: str, scheme: str, group_size: int, out_dir: str, kind: str,
@@ -182,7 +186,7 @@ def build_parts(ckpt_path: str, backend: str, scheme: str, group_size: int, out_
     records, learned, checked = [], None, None
     with Source(ckpt_path) as source:
         for i, index in enumerate(indices):
-            if kind == "expert" and backend == "onnx" and scheme == "int8":
+            if is_weights_form(backend, scheme, kind):
                 records.append(finished(root, weights_form(source, root, index)))
                 continue
             t0 = time.perf_counter()
@@ -196,8 +200,8 @@ def build_parts(ckpt_path: str, backend: str, scheme: str, group_size: int, out_
                     found = learn(part, seed)
                     learned = Template(found, report) if found is not None else None
                 elif learn_template and i == 1 and learned is not None:
-                    checked = part.render(learned)
-                    checked = checked is not None and checked[0] == data
+                    rendered = part.render(learned)
+                    checked = rendered is not None and rendered[0] == data
             record = write_file(root, part_path(backend, scheme, kind, index), built[0])
             records.append(finished(root, record | {"backend": backend, "kind": kind, "index": list(index),
                                                     "report": built[1], "how": how,
@@ -208,9 +212,7 @@ def build_parts(ckpt_path: str, backend: str, scheme: str, group_size: int, out_
     if learn_template:
         out["template"] = bool(learned is not None and checked)
         if out["template"] and template_file:
-            tmp = Path(template_file).with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps(learned))
-            os.replace(tmp, template_file)
+            write_atomic(Path(template_file), pickle.dumps(learned))
     return out
 
 

@@ -121,7 +121,7 @@ def print_summary(m: dict, out: Path):
     q = m["quant"]
     x = m["export"]
     t = Table(title=f"{out}  ({q['scheme']}" + (f", group {q['group_size']}" if q["group_size"] else "") +
-              f", exported in {x['seconds']:.0f}s with {x['jobs']} worker{'s' * (x['jobs'] > 1)}" +
+              f", exported in {m['export_seconds']:.0f}s with {x['jobs']} worker{'s' * (x['jobs'] > 1)}" +
               (f", {x['resumed_parts']} parts resumed" if x["resumed_parts"] else "") + ")")
     for col in ("backend", "files", "total", "backbone", "all experts", "one expert"):
         t.add_column(col, justify="left" if col == "backend" else "right")

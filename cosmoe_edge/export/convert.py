@@ -39,8 +39,6 @@ def main(
         fail(f"{out} exists{'' if to == 'gguf' else ' and is not empty'}; pass --force to replace it")
     try:
         if to == "gguf":
-            if out.exists():
-                out.unlink()
             to_gguf(model, out)
         else:
             to_hf_folder(model, out)

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from cosmoe_edge.errors import ExportError
+from cosmoe_edge.export.artifact import ordinary_permissions, replace_dir
 from cosmoe_edge.export.source import Source
 from cosmoe_edge.model.tokenizer import eos_id
 
@@ -85,13 +86,8 @@ def to_hf_folder(ckpt: Path, out: Path) -> Path:
             (tmp / "tokenizer_config.json").write_text(json.dumps(
                 {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos_token,
                  "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}, indent=1))
-            umask = os.umask(0)
-            os.umask(umask)
-            for f in [tmp, *tmp.iterdir()]:
-                f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
+            ordinary_permissions(tmp)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -74,9 +74,8 @@ class Workdir:
         return str(self.state / f"template-{backend}-{kind}.pkl")
 
     def save(self):
-        tmp = self.state / "journal.tmp"
-        tmp.write_text(json.dumps({"options": self.options, "templates": self.templates}))
-        os.replace(tmp, self.state / "journal.json")
+        build.write_atomic(self.state / "journal.json",
+                           json.dumps({"options": self.options, "templates": self.templates}).encode())
 
     def finish(self):
         shutil.rmtree(self.state, ignore_errors=True)
@@ -116,14 +115,14 @@ def worker_estimate(cfg) -> int:
 
 def choose_jobs(requested: int | None, cfg) -> tuple[int, str | None]:
     """Workers the cores and the free memory allow; a request above that is lowered, with a message."""
-    per = worker_estimate(cfg)
-    allowed = max(1, int((available_memory() - PARENT_RESERVE_BYTES) // per))
+    per, free = worker_estimate(cfg), available_memory()
+    allowed = max(1, int((free - PARENT_RESERVE_BYTES) // per))
     cores = os.cpu_count() or 1
     if requested is None:
         return min(cores, allowed), None
     if requested > allowed:
         return allowed, (f"--jobs {requested} lowered to {allowed}: a worker needs about {per / 1e9:.1f} GB for this "
-                         f"model and {available_memory() / 1e9:.1f} GB are available")
+                         f"model and {free / 1e9:.1f} GB are available")
     return requested, None
 
 
@@ -147,7 +146,6 @@ def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work
     if progress:
         for b in backends:
             progress(b, len(records[b]), total[b])
-    common = (ckpt_path, None, scheme, group_size, str(work.root))
     ready, waiting = [], {}  # tasks to submit now; tasks waiting for a template: {template_key: [task]}
     for b, kind, indices in groups:
         todo = [ix for ix in indices if build.part_path(b, scheme, kind, ix) not in work.done]
@@ -155,7 +153,7 @@ def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work
             continue
         key = f"{b}/{kind}"
         tfile = work.template_file(b, kind)
-        templated = kind != "head" and len(indices) >= 2 and not (b == "onnx" and kind == "expert" and scheme == "int8")
+        templated = kind != "head" and len(indices) >= 2 and not build.is_weights_form(b, scheme, kind)
         chunk = cfg.num_experts if kind == "expert" else max(1, math.ceil(len(todo) / max(jobs, 1)))
         if templated and key not in work.templates:
             ready.insert(0, (b, kind, indices[:2], tfile, True))  # the longest tasks first
@@ -164,8 +162,7 @@ def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work
         else:
             use = tfile if work.templates.get(key) else None
             ready += [(b, kind, todo[i:i + chunk], use, False) for i in range(0, len(todo), chunk)]
-    stats = {"jobs": jobs, "worker_peak_rss_bytes": 0, "parts": {"lowered": 0, "template": 0, "weights": 0},
-             "resumed_parts": work.resumed}
+    stats = {"jobs": jobs, "worker_peak_rss_bytes": 0, "resumed_parts": work.resumed}
     # spawn: forked children of a process that has run torch can deadlock in its thread pools
     pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn"),
                                initializer=ignore_sigint)
@@ -174,8 +171,8 @@ def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work
         while ready or running:
             for task in ready:
                 b, kind, indices, tfile, learn = task
-                args = (common[0], b, *common[2:], kind, indices, tfile, learn)
-                running[pool.submit(build.build_parts, *args)] = task
+                running[pool.submit(build.build_parts, ckpt_path, b, scheme, group_size, str(work.root), kind, indices,
+                                    tfile, learn)] = task
             ready = []
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -192,8 +189,6 @@ def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work
                 known = {x["path"] for x in records[b]}
                 new = [r for r in res["records"] if r["path"] not in known]
                 records[b] += new
-                for r in res["records"]:
-                    stats["parts"][r["how"]] += 1
                 stats["worker_peak_rss_bytes"] = max(stats["worker_peak_rss_bytes"], res["peak_rss"])
                 if learn:
                     work.templates[f"{b}/{kind}"] = res["template"]
