@@ -2,6 +2,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,113 @@ def test_llamacpp_build_flags_and_output():
     assert completion_text(" a mutable sequence.\n\nThe list [end of text]\n\n\n") == " a mutable sequence.\n\nThe list"
     assert completion_text(" ran out of -n tokens\n\n") == " ran out of -n tokens"
     assert completion_text(" ends in newlines\n\n\n\n") == " ends in newlines\n\n"
+
+
+# llama-bench -o json, two of its rows as this build prints them (keys the harness does not read dropped)
+LLAMA_BENCH_JSON = """[
+  {"build_commit": "0c1e570", "model_size": 88410112, "n_threads": 1, "repack": true, "n_prompt": 32,
+   "n_gen": 0, "avg_ns": 64277299, "stddev_ns": 4135267, "avg_ts": 498.875350, "stddev_ts": 32.094925,
+   "samples_ns": [67201364, 61353235], "samples_ts": [476.181, 521.57]},
+  {"build_commit": "0c1e570", "model_size": 88410112, "n_threads": 2, "repack": false, "n_prompt": 0,
+   "n_gen": 64, "avg_ns": 173437000, "stddev_ns": 4000000, "avg_ts": 369.0, "stddev_ts": 9.1,
+   "samples_ns": [173437000], "samples_ts": [369.0]}
+]"""
+# the end of llama-completion's stderr (this build: common_perf_print; older ones: llama_perf_context_print)
+LLAMA_COMPLETION_STDERR = """0.00.111.963 I generate: n_ctx = 512, n_batch = 2048, n_predict = 64, n_keep = 0
+0.00.454.070 I common_perf_print:    sampling time =       8.95 ms
+0.00.454.187 I common_perf_print:    samplers time =       6.72 ms /    68 tokens
+0.00.454.296 I common_perf_print:        load time =      67.62 ms
+0.00.454.402 I common_perf_print: prompt eval time =       9.11 ms /     4 tokens (    2.28 ms per token,   439.17 tokens \
+per second)
+0.00.454.510 I common_perf_print:        eval time =     312.76 ms /    63 runs   (    4.96 ms per token,   201.43 tokens \
+per second)
+0.00.454.614 I common_perf_print:       total time =     342.70 ms /    67 tokens
+"""
+
+
+def test_llamacpp_outputs_parse():
+    from cosmoe_edge.bench.llamacpp import completion_command, parse_bench, parse_timings
+
+    pp, tg = parse_bench(LLAMA_BENCH_JSON)
+    assert (pp["test"], pp["threads"], pp["repack"], round(pp["tokens_per_s"], 2)) == ("pp32", 1, True, 498.88)
+    assert (tg["test"], tg["threads"], tg["repack"], tg["tokens_per_s"], tg["commit"]) == ("tg64", 2, False, 369.0,
+                                                                                          "0c1e570")
+    t = parse_timings(LLAMA_COMPLETION_STDERR)
+    assert t["load_ms"] == 67.62 and t["ttft_ms"] == 9.11 and t["prompt_tokens"] == 4
+    assert t["generated_tokens"] == 64 and abs(t["decode_tokens_per_s"] - 63 / 0.31276) < 1e-6
+    assert abs(t["prefill_tokens_per_s"] - 4 / 0.00911) < 1e-6
+    old = LLAMA_COMPLETION_STDERR.replace("common_perf_print", "llama_perf_context_print")
+    assert parse_timings(old) == t
+    with pytest.raises(ValueError, match="no timings"):
+        parse_timings(LLAMA_COMPLETION_STDERR.split("load time")[0])
+    cmd = completion_command(Path("bin"), Path("m.gguf"), "Hi", 16, threads=2, temperature=1.0, repack=False,
+                             mmap=False)
+    assert cmd[:3] == ["bin/llama-completion", "-m", "m.gguf"] and "--ignore-eos" in cmd
+    assert cmd[cmd.index("-t") + 1] == "2" and "--no-repack" in cmd and cmd[cmd.index("-lm") + 1] == "none"
+    assert cmd[cmd.index("--temp") + 1] == "1.0" and cmd[cmd.index("--top-k") + 1] == "0"
+    greedy = completion_command(Path("bin"), Path("m.gguf"), "Hi", 16)
+    assert greedy[greedy.index("--top-k") + 1] == "1" and "-lm" not in greedy and "--no-repack" not in greedy
+
+
+def test_run_measured_accounts_a_child_as_the_os_does(tmp_path):
+    from cosmoe_edge.runtime.metrics import drop_page_cache, run_measured
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"x" * (8 << 20))
+    drop_page_cache([data])
+    # 200 MB touched, one file read from storage, output on both streams
+    code = (f"import sys; b = bytearray(200_000_000); b[::4096] = b'x' * len(b[::4096]); "
+            f"open({str(data)!r}, 'rb').read(); print('out'); print('err', file=sys.stderr); sys.exit(3)")
+    m = run_measured([sys.executable, "-c", code])
+    assert (m.returncode, m.stdout, m.stderr) == (3, "out\n", "err\n")
+    assert 200e6 <= m.peak_rss_bytes < 400e6  # its own high-water mark, not the forked copy of this process
+    assert m.read_bytes >= 8 << 20
+    slow = run_measured([sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
+    assert slow.returncode == -9 and slow.wall_s < 10
+
+
+def test_side_by_side_caps_and_rows():
+    from cosmoe_edge.bench.side_by_side import Run, capped_runs, reduce, total_runs
+
+    ours = [Run("cosmoe-edge", "onnx", "int4", 1, "preload"), Run("cosmoe-edge", "onnx", "int4", 1, "lazy")]
+    theirs = [Run("llama.cpp", "llama.cpp", "Q4_0", 1, "repack"), Run("llama.cpp", "llama.cpp", "Q4_0", 1, "no-repack")]
+    full = ours + theirs
+    sizes = {r: ((50, 200) if r.engine == "cosmoe-edge" else (60, 220)) for r in full}
+    # peak RSS at full RAM: a second copy of the weights (preload, repack) is not the engine's fixed cost
+    rows = [{"peak_rss_bytes": p} for p in (600, 350, 560, 320)]
+    caps = capped_runs(full, rows, sizes, [50.0])
+    assert [r["fixed_bytes"] for r in rows] == [100, 100, 40, 40]
+    got = {(run.engine, run.variant): run.ram_cap for run, _ in caps}
+    assert got == {("cosmoe-edge", "lazy"): 100 + 50 + 100, ("llama.cpp", "repack"): 40 + 60 + 110,
+                   ("llama.cpp", "no-repack"): 40 + 60 + 110}  # preload runs only at full RAM
+    assert all(run.cap_pct == 50.0 and extra["base"].cap_pct is None for run, extra in caps)
+    assert total_runs(["onnx"], [1], ["Q4_0"], ["repack", "no-repack"], [50.0], 1) == 2 + 2 + 3
+    row = reduce(caps[1][0], [{"error": "oom", "oom": True}, {"decode_tokens_per_s": 9.0, "peak_rss_bytes": 1},
+                              {"decode_tokens_per_s": 11.0, "peak_rss_bytes": 3}], (60, 220), "llama.cpp x")
+    assert row["status"] == "oom" and row["oom_runs"] == 1 and row["decode_tokens_per_s"] == 10.0
+    assert (row["decode_tokens_per_s_min"], row["decode_tokens_per_s_max"], row["ram_cap"]) == (9.0, 11.0, 210)
+    assert row["label"] == "llama.cpp repack Q4_0 t1" and row["version"] == "llama.cpp x"
+
+
+def test_peer_refuses_what_it_cannot_compare(int4_artifact, tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from cosmoe_edge.bench import cli
+
+    def run(*args):
+        return CliRunner().invoke(cli.app, [str(int4_artifact), "--out", str(tmp_path / "b"), *args])
+
+    r = run("--peer", "llama.cpp")
+    assert r.exit_code == 2 and "pass one artifact and --model" in r.output, r.output
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"")
+    r = run("--peer", "llama.cpp", "--model", str(other))
+    assert r.exit_code == 2 and "the comparison needs the same weights" in r.output, r.output
+    r = run("--peer", "vllm", "--model", str(tiny_model))
+    assert r.exit_code == 2 and "the one peer engine is llama.cpp" in r.output, r.output
+    r = run("--peer", "llama.cpp", "--model", str(tiny_model), "--ram-cap", "200MB")
+    assert r.exit_code == 2 and "shares of the expert bytes" in r.output, r.output
+    r = run("--peer", "llama.cpp", "--model", str(tiny_model), "--peer-quants", "Q2_K")
+    assert r.exit_code == 2 and "--peer-quants must name" in r.output, r.output
+    r = run("--threads", "0")
+    assert r.exit_code == 2 and "--threads takes thread counts" in r.output, r.output

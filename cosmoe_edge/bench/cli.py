@@ -115,6 +115,21 @@ def main(
     model: Annotated[Path | None, typer.Option(help="model.pt for the eager PyTorch fp32 baseline.")] = None,
     estimate: Annotated[str | None, typer.Option(help="Device profiles to estimate for, comma-separated: "
                                                        "phone-ufs3, phone-ufs4, laptop-nvme, or YAML files.")] = None,
+    threads: Annotated[str, typer.Option(help="Comma-separated thread counts per run (edge-run --threads; with "
+                                              "--peer, both engines').")] = "1",
+    peer: Annotated[str | None, typer.Option(help="llama.cpp: instead of the budget matrix, run ARTIFACT and llama.cpp "
+                                                  "side by side on the same weights (--model: the checkpoint ARTIFACT "
+                                                  "was exported from; it is converted to GGUF and quantised). "
+                                                  "llama.cpp is built once from the pinned llama-cpp-python sdist "
+                                                  "into runs/llamacpp. Full RAM, then each --ram-cap given as P% "
+                                                  "(each engine capped at its fixed cost + backbone + P% of its "
+                                                  "expert bytes); uses --backends, --threads, --temperature, "
+                                                  "--max-new-tokens, --repeats and the first prompt.")] = None,
+    peer_quants: Annotated[str, typer.Option(help="With --peer: llama.cpp quantisations (Q4_0, Q8_0).")] = "Q4_0",
+    peer_variants: Annotated[str, typer.Option(help="With --peer: llama.cpp's repack (its default: Q4_0 experts "
+                                                    "copied to anonymous memory), no-repack (they stay mapped from "
+                                                    "the file), no-mmap (-lm none: weights read into memory).")]
+    = "repack,no-repack",
 ):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -153,6 +168,15 @@ def main(
         devices = [load_profile(d) for d in split_list(estimate)] if estimate else []
     except ValueError as e:
         fail(str(e))
+    try:
+        thread_list = [int(t) for t in split_list(threads)]
+    except ValueError:
+        thread_list = []
+    if not thread_list or min(thread_list) < 1:
+        fail(f"--threads takes thread counts like 1,2, not {threads!r}")
+    if peer is not None:
+        return side_by_side(artifacts, model, peer, out, backend_list, thread_list, split_list(peer_quants),
+                            split_list(peer_variants), ram_cap, prompt_list[0], max_new_tokens, temperature, repeats)
     caps = [None]
     if ram_cap:
         from cosmoe_edge.bench.ramcap import unavailable
@@ -169,7 +193,8 @@ def main(
         cold = True
     out.mkdir(parents=True, exist_ok=True)
 
-    configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold, caps)
+    configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold, caps,
+                     thread_list)
     if model is not None:
         configs.append(Config(str(model), "eager", "all", "eager", False, False))
     hw = machine() | {"temperature": temperature}
@@ -205,16 +230,101 @@ def main(
     print(f"wrote {out}/results.csv, results.json and {len(plots)} plots")
 
 
-def write_results(rows, hw, out: Path, devices):
-    (out / "results.json").write_text(json.dumps({"machine": hw, "devices": [d.to_dict() for d in devices],
-                                                  "estimates_are_estimates": bool(devices), "rows": rows}, indent=1))
+def side_by_side(artifacts, model, peer, out, backends, threads, quants, variants, ram_cap, prompt, tokens,
+                 temperature, repeats):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cosmoe_edge.bench import side_by_side as sbs
+    from cosmoe_edge.bench.llamacpp import QUANTS
+    from cosmoe_edge.errors import EdgeError
+    from cosmoe_edge.runtime.manifest import load_manifest
+
+    if peer != "llama.cpp":
+        fail(f"--peer {peer!r}: the one peer engine is llama.cpp")
+    if len(artifacts) != 1 or model is None:
+        fail("--peer compares one ARTIFACT with llama.cpp on the same weights: pass one artifact and --model, the "
+             "checkpoint it was exported from")
+    source = load_manifest(artifacts[0])["source"]["checkpoint"]
+    if Path(source).name != model.name:
+        fail(f"{artifacts[0]} was exported from {source}, not {model.name}: the comparison needs the same weights")
+    if not quants or any(q not in QUANTS for q in quants):
+        fail(f"--peer-quants must name {', '.join(QUANTS)}")
+    if not variants or any(v not in ("repack", "no-repack", "no-mmap") for v in variants):
+        fail("--peer-variants must name repack, no-repack and/or no-mmap")
+    caps = []
+    for c in split_list(ram_cap or ""):
+        try:
+            caps.append(float(c.removesuffix("%")))
+        except ValueError:
+            caps.append(-1.0)
+        if not c.endswith("%") or not 0 < caps[-1] <= 100:
+            fail(f"with --peer, --ram-cap takes shares of the expert bytes like 100%,50%,25%, not {c!r}")
+    if caps:
+        from cosmoe_edge.bench.ramcap import unavailable
+
+        if why := unavailable():
+            fail(why)
+    hw = machine() | {"temperature": temperature, "prompt": prompt, "max_new_tokens": tokens}
+    console = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("side by side", total=sbs.total_runs(backends, threads, quants, variants, caps, repeats))
+        try:
+            result = sbs.compare(artifacts[0], model, out / "gguf", backends=backends, threads=threads, quants=quants,
+                                 caps_pct=caps, prompt=prompt, tokens=tokens, temperature=temperature,
+                                 repeats=repeats, variants=variants,
+                                 progress=lambda d, n=0: bar.update(task, description=d, advance=n),
+                                 log=console.print)
+        except (EdgeError, RuntimeError) as e:
+            fail(str(e))
+    result["machine"] = hw
+    (out / "side_by_side.json").write_text(json.dumps(result, indent=1))
+    write_csv(result["rows"], out / "side_by_side.csv")
+    sbs.plot(result["rows"], out / "side_by_side.png",
+             f"{Path(artifacts[0]).name}: cosmoe-edge {result['rows'][0]['version']} vs {result['version']}\n"
+             f"{hw['cpu']}, {hw['cores']} cores, {hw['date']}")
+    print_side_by_side(result)
+    print(f"wrote {out}/side_by_side.json, side_by_side.csv and side_by_side.png")
+
+
+def print_side_by_side(result):
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"cosmoe-edge and {result['version']}, same weights")
+    for c in ["engine / variant", "threads", "RAM cap", "decode tok/s [min-max]", "prefill tok/s", "ttft ms",
+              "peak RSS MB", "cgroup peak MB", "read MB", "status"]:
+        t.add_column(c, justify="left" if c == "engine / variant" else "right")
+    for r in result["rows"]:
+        cap = "full" if r["cap_pct"] is None else f"+{r['cap_pct']:g}% = {r['ram_cap'] / 1e6:.0f} MB"
+        mb = lambda k, r=r: f"{r[k] / 1e6:.0f}" if k in r else ""  # noqa: E731
+        dec = (f"{r['decode_tokens_per_s']:.1f} [{r['decode_tokens_per_s_min']:.1f}-{r['decode_tokens_per_s_max']:.1f}]"
+               if "decode_tokens_per_s" in r else "")
+        t.add_row(r["label"], str(r["threads"]), cap, dec, f"{r['prefill_tokens_per_s']:.0f}" if dec else "",
+                  f"{r['ttft_ms']:.1f}" if dec else "", mb("peak_rss_bytes"), mb("cgroup_peak_bytes"),
+                  mb("storage_read_bytes"), r["status"])
+    Console(width=max(160, Console().width)).print(t)
+    for b in result["llama_bench"]:
+        if "error" not in b:
+            print(f"llama-bench {b['test']} t{b['threads']} repack={int(b['repack'])}: {b['tokens_per_s']:.1f} tok/s")
+
+
+def write_csv(rows, path: Path):
     keys = []
     for r in rows:
-        keys += [k for k in r if k not in keys and k != "text"]
-    with open(out / "results.csv", "w", newline="") as f:
+        keys += [k for k in r if k not in keys and k not in ("text", "processes")]
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+
+
+def write_results(rows, hw, out: Path, devices):
+    (out / "results.json").write_text(json.dumps({"machine": hw, "devices": [d.to_dict() for d in devices],
+                                                  "estimates_are_estimates": bool(devices), "rows": rows}, indent=1))
+    write_csv(rows, out / "results.csv")
 
 
 def print_summary(rows, hw, devices):

@@ -5,6 +5,9 @@ On Intel CPUs with AMX, a native build crashed in ggml_backend_amx_mul_mat (seen
 this project): the AMX instructions are then turned off at compile time.
 """
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from pathlib import Path
 
 VERSION = "0.3.36"  # llama-cpp-python; its vendor/llama.cpp is the engine measured
 TOOLS = ("llama-completion", "llama-bench", "llama-quantize")
+QUANTS = ("Q4_0", "Q8_0")
 CACHE = Path("runs/llamacpp")
 
 
@@ -65,11 +69,80 @@ def build(cache: Path = CACHE, log=print) -> Path:
     return bindir
 
 
+def engine_version(bindir: Path) -> str:
+    """"llama.cpp 0.5.0-dev (commit 0c1e570), from llama-cpp-python 0.3.36"."""
+    r = subprocess.run([str(bindir / "llama-bench"), "--version"], capture_output=True, text=True)
+    m = re.search(r"version: (\S+) \(build \d+, commit (\w+)\)", r.stdout + r.stderr)
+    return f"llama.cpp {m[1]} (commit {m[2]}), from llama-cpp-python {VERSION}" if m else f"llama-cpp-python {VERSION}"
+
+
+def quantize(bindir: Path, f32: Path, quant: str) -> Path:
+    """f32 GGUF -> `<stem>-<quant>.gguf` beside it (reused when newer than its source)."""
+    if quant not in QUANTS:
+        raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
+    out = f32.with_name(f"{f32.stem.removesuffix('-f32')}-{quant.lower()}.gguf")
+    if out.is_file() and out.stat().st_mtime >= f32.stat().st_mtime:
+        return out
+    tmp = out.with_suffix(".partial")
+    r = subprocess.run([str(bindir / "llama-quantize"), str(f32), str(tmp), quant], capture_output=True, text=True)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama-quantize failed ({r.returncode}): {r.stderr[-500:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def bench_command(bindir: Path, gguf: Path, threads: list[int], n_prompt: int, n_gen: int, repetitions: int,
+                  repack: bool = True) -> list[str]:
+    """llama-bench: prefill (pp n_prompt) and decode (tg n_gen) at each thread count, as JSON."""
+    return [str(bindir / "llama-bench"), "-m", str(gguf), "-p", str(n_prompt), "-n", str(n_gen),
+            "-t", ",".join(map(str, threads)), "-r", str(repetitions), "--repack", str(int(repack)), "-o", "json"]
+
+
+def parse_bench(stdout: str) -> list[dict]:
+    """llama-bench's JSON: one row per test ("pp32": prefill of 32 tokens, "tg64": 64 decode steps)."""
+    rows = []
+    for t in json.loads(stdout):
+        test = f"pp{t['n_prompt']}" if t["n_gen"] == 0 else f"tg{t['n_gen']}"
+        rows.append({"test": test, "threads": t["n_threads"], "tokens_per_s": t["avg_ts"],
+                     "tokens_per_s_stddev": t["stddev_ts"], "repack": bool(t.get("repack", True)),
+                     "commit": t.get("build_commit", ""), "model_bytes": t["model_size"],
+                     "samples_tokens_per_s": t.get("samples_ts", [])})
+    return rows
+
+
+def completion_command(bindir: Path, gguf: Path, prompt: str, tokens: int, threads: int = 1,
+                       temperature: float = 0.0, seed: int = 0, repack: bool = True, mmap: bool = True,
+                       warmup: bool = True) -> list[str]:
+    """llama-completion generating `tokens` tokens after `prompt`: greedy at temperature 0, else plain
+    sampling (no top-k/top-p/min-p/penalties, as edge-run samples). mmap=False reads the weights into
+    memory (-lm none; this version's --no-mmap)."""
+    sampling = (["--temp", "0", "--top-k", "1"] if temperature == 0 else
+                ["--temp", str(temperature), "--top-k", "0", "--top-p", "1", "--min-p", "0"])
+    return [str(bindir / "llama-completion"), "-m", str(gguf), "-p", prompt, "-n", str(tokens), *sampling,
+            "-no-cnv", "-t", str(threads), "--no-display-prompt", "-s", str(seed), "--ignore-eos",
+            *([] if repack else ["--no-repack"]), *([] if mmap else ["-lm", "none"]),
+            *([] if warmup else ["--no-warmup"])]
+
+
+def parse_timings(stderr: str) -> dict:
+    """llama-completion's closing timings (common_perf_print, or llama_perf_context_print in older
+    versions): load, prefill and decode. Decode steps exclude the first token, which prefill produces."""
+    found = {name: (float(ms), int(n or 0)) for name, ms, n in
+             re.findall(r"(prompt eval|eval|load) time =\s+([\d.]+) ms(?: /\s+(\d+) (?:tokens|runs))?", stderr)}
+    if not {"prompt eval", "eval", "load"} <= found.keys():
+        raise ValueError("llama-completion printed no timings (its output ended early?)")
+    (prefill_ms, prompt_tokens), (decode_ms, steps) = found["prompt eval"], found["eval"]
+    return {"load_ms": found["load"][0], "prompt_tokens": prompt_tokens, "ttft_ms": prefill_ms,
+            "prefill_tokens_per_s": prompt_tokens / prefill_ms * 1e3 if prefill_ms else 0.0,
+            "generated_tokens": steps + 1, "decode_tokens_per_s": steps / decode_ms * 1e3 if decode_ms else 0.0}
+
+
 def complete(bindir: Path, gguf: Path, prompt: str, tokens: int, threads: int = 1) -> str:
     """Greedy continuation of `prompt` (its text only: llama-completion echoes the prompt first)."""
-    r = subprocess.run([str(bindir / "llama-completion"), "-m", str(gguf), "-p", prompt, "-n", str(tokens),
-                        "--temp", "0", "--top-k", "1", "-no-cnv", "-t", str(threads), "--no-warmup",
-                        "--no-display-prompt", "-s", "0"], capture_output=True, text=True, timeout=600)
+    cmd = completion_command(bindir, gguf, prompt, tokens, threads, warmup=False)
+    cmd.remove("--ignore-eos")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"llama-completion failed ({r.returncode}): {r.stderr[-500:]}")
     return completion_text(r.stdout)

@@ -24,24 +24,27 @@ class Config:
     prefetch: bool
     cold: bool
     ram_cap: int | None = None  # bytes: the run's memory cgroup limit (bench/ramcap.py); None: uncapped
+    threads: int = 1
+    preload: bool = False  # every expert loaded before the prompt (as llama.cpp's warmup does)
 
     @property
     def label(self) -> str:
         if self.policy == "eager":
             return "eager fp32 (PyTorch)"
         return (f"{Path(self.artifact).name}/{self.backend}/{self.policy}" + ("+prefetch" if self.prefetch else "")
-                + (f" cap {self.ram_cap / 2**20:.0f}MiB" if self.ram_cap else ""))
+                + (f" cap {self.ram_cap / 2**20:.0f}MiB" if self.ram_cap else "")
+                + (f" t{self.threads}" if self.threads != 1 else "") + (" preload" if self.preload else ""))
 
 
-def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_caps=(None,)) -> list[Config]:
-    """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend
-    (uncapped). Each RAM cap repeats the budget/policy combinations under that cap."""
+def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_caps=(None,), threads=(1,)) -> list[Config]:
+    """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend/thread
+    count (uncapped). Each RAM cap repeats the budget/policy combinations under that cap."""
     out = []
-    for a, b in itertools.product(artifacts, backends):
-        out.append(Config(a, b, "all", "lru", False, cold))
-        out.append(Config(a, b, "all", "none", False, cold))
+    for a, b, t in itertools.product(artifacts, backends, threads):
+        out.append(Config(a, b, "all", "lru", False, cold, threads=t))
+        out.append(Config(a, b, "all", "none", False, cold, threads=t))
         for cap, budget, policy, pre in itertools.product(ram_caps, budgets, policies, prefetch_modes):
-            c = Config(a, b, budget, policy, pre, cold, cap)
+            c = Config(a, b, budget, policy, pre, cold, cap, t)
             if c not in out:
                 out.append(c)
     return out
@@ -56,7 +59,8 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, tem
         else:
             cmd = command(c.artifact, RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=c.backend,
                                                  memory_budget=c.budget, cache_policy=c.policy, prefetch=c.prefetch,
-                                                 cold=c.cold, temperature=temperature), report=report)
+                                                 cold=c.cold, temperature=temperature, threads=c.threads,
+                                                 preload=c.preload), report=report)
         if c.ram_cap:
             from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
 

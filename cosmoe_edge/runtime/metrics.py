@@ -1,12 +1,15 @@
 """What the OS says about this process: memory from /proc/self/status, storage reads from
-/proc/self/io, and the two levers the runtime pulls on it (malloc_trim, page-cache eviction)."""
+/proc/self/io, and the two levers the runtime pulls on it (malloc_trim, page-cache eviction); and the
+same figures for a child process the benchmarks start."""
 
 import ctypes
 import ctypes.util
 import os
 import subprocess
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _libc = None
@@ -107,3 +110,62 @@ def process_id() -> str:
     """pid plus the process's start time: unique even when the OS reuses a pid."""
     start = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
     return f"{os.getpid()}@{start}"
+
+
+@dataclass
+class Measured:
+    """A finished child process as the OS accounted for it. peak_rss_bytes: its VmHWM, sampled every
+    10 ms while it ran (VmHWM only grows, so the last sample misses at most the last 10 ms; rusage's
+    ru_maxrss cannot be used: exec keeps the high-water mark of the forked copy of this process).
+    read_bytes: its /proc/PID/io, read after it exited but before it was reaped."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_rss_bytes: int
+    read_bytes: int
+    wall_s: float
+
+
+def run_measured(cmd: list[str], preexec_fn=None, timeout: float | None = None) -> Measured:
+    """Run `cmd` to completion, its output captured in files (no pipe to drain while waiting)."""
+    files = [tempfile.TemporaryFile("w+", errors="replace") for _ in range(2)]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=files[0], stderr=files[1], text=True, preexec_fn=preexec_fn)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], _status(p.pid).get("VmHWM", 0))
+            except OSError:
+                return
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    timer = threading.Timer(timeout, p.kill) if timeout else None
+    if timer:
+        timer.start()
+    try:
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped: its io is readable
+        done.set()
+        sampler.join()
+        read = -1
+        try:
+            read = int(next(ln for ln in Path(f"/proc/{p.pid}/io").read_text().splitlines()
+                            if ln.startswith("read_bytes:")).split()[1])
+        except (OSError, StopIteration):
+            pass
+        p.wait()
+    finally:
+        done.set()
+        if timer:
+            timer.cancel()
+    wall = time.perf_counter() - t0
+    text = []
+    for f in files:
+        f.seek(0)
+        text.append(f.read())
+        f.close()
+    return Measured(p.returncode, text[0], text[1], peak[0], read, wall)

@@ -1,0 +1,217 @@
+"""cosmoe-edge and llama.cpp on the same weights (edge-bench --peer llama.cpp): the checkpoint an
+artifact was exported from goes to GGUF (edge-convert) and through llama-quantize; then both engines
+generate the same number of tokens after the same prompt, each run a fresh process started cold (its
+files dropped from the page cache), at full RAM and inside memory cgroups sized for each engine as
+
+    cap = fixed cost + backbone bytes + P% of the expert bytes
+
+An engine's fixed cost is what it holds besides one copy of its weights: the least, over its full-RAM
+runs, of peak RSS minus the bytes of its weight files (runtime, KV cache, buffers; measured in the same
+run). A variant that keeps a second copy of the weights (llama.cpp's Q4_0 repack, cosmoe-edge's
+preloaded experts promoted into sessions) is not given room for it. Variants: cosmoe-edge "preload"
+(every expert loaded before the prompt, as llama.cpp's warmup touches every weight; full RAM only) and
+"lazy" (experts loaded on first use, with a P% expert budget under a cap); llama.cpp "repack" (its
+default), "no-repack" (experts stay mapped from the file) and "no-mmap" (-lm none: weights read into
+memory). llama-bench's prefill/decode figures go beside them."""
+
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cosmoe_edge.bench import llamacpp
+from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
+from cosmoe_edge.bench.runs import Config, run_once
+from cosmoe_edge.runtime.metrics import drop_page_cache, run_measured
+
+TIMEOUT_S = 300  # a thrashing run is recorded as a timeout, not waited for
+FIGURES = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_rss_bytes", "storage_read_bytes",
+           "cgroup_peak_bytes", "generated_tokens")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration of either engine."""
+
+    engine: str  # cosmoe-edge | llama.cpp
+    backend: str  # executorch | onnx | llama.cpp
+    quant: str  # int4 / int8 (the artifact's) | Q4_0 / Q8_0
+    threads: int
+    variant: str  # cosmoe-edge: preload | lazy; llama.cpp: repack (its default) | no-repack | no-mmap
+    cap_pct: float | None = None  # None: full RAM; P: fixed + backbone + P% of the experts
+    ram_cap: int | None = None  # bytes
+
+    @property
+    def label(self) -> str:
+        backend = f"{self.backend} " if self.engine == "cosmoe-edge" else ""
+        return f"{self.engine} {backend}{self.variant} {self.quant} t{self.threads}"
+
+
+def gguf_sizes(path: Path) -> tuple[int, int]:
+    """(backbone bytes, expert bytes) of a GGUF: the experts are the stacked *_exps tensors."""
+    import gguf
+
+    experts = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if "_exps" in t.name)
+    return path.stat().st_size - experts, experts
+
+
+def artifact_sizes(manifest: dict, backend: str) -> tuple[int, int]:
+    """(backbone bytes, expert bytes) of one backend of an artifact (shared files in the backbone)."""
+    s = manifest["backends"][backend]
+    shared = sum(manifest[k]["bytes"] for k in ("embedding", "routers", "tokenizer") if k in manifest)
+    return (sum(f["bytes"] for f in s["backbone"]["files"]) + shared, sum(e["bytes"] for e in s["experts"]))
+
+
+def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
+    cmd = llamacpp.completion_command(bindir, gguf, prompt, tokens, run.threads, temperature,
+                                      repack=run.variant != "no-repack", mmap=run.variant != "no-mmap")
+    drop_page_cache([gguf])
+    cap_peak = None
+    if run.ram_cap:
+        with RamCap(run.ram_cap) as cap:
+            m = run_measured(cmd, preexec_fn=cap.join, timeout=TIMEOUT_S)
+            cap_peak = cap.peak_bytes()
+    else:
+        m = run_measured(cmd, timeout=TIMEOUT_S)
+    if m.wall_s >= TIMEOUT_S:
+        return {"error": "timeout", "timeout": True}
+    if killed_for_memory(m.returncode):
+        return {"error": "oom", "oom": True}
+    if m.returncode != 0:
+        lines = m.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {m.returncode}"}
+    try:
+        r = llamacpp.parse_timings(m.stderr)
+    except ValueError as e:
+        return {"error": str(e)}
+    r |= {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes}
+    return r | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
+
+
+def run_cosmoe(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
+    from cosmoe_edge.runtime.policies import DEFAULT
+
+    budget = "all" if run.cap_pct is None else f"{run.cap_pct:g}%"
+    c = Config(str(artifact), run.backend, budget, DEFAULT, False, True, run.ram_cap, run.threads,
+               preload=run.variant == "preload")
+    r = run_once(c, prompt, tokens, None, temperature)
+    if r.get("oom"):
+        return r
+    if "error" in r:
+        return r
+    return {k: r[k] for k in FIGURES if k in r}
+
+
+def reduce(run: Run, reports: list[dict], sizes: tuple[int, int], version: str) -> dict:
+    ok = [r for r in reports if "error" not in r]
+    errors = [r["error"] for r in reports if "error" in r]
+    row = asdict(run) | {"label": run.label, "version": version, "runs": len(reports),
+                         "backbone_bytes": sizes[0], "expert_bytes": sizes[1],
+                         "oom_runs": sum(1 for r in reports if r.get("oom")),
+                         "timeout_runs": sum(1 for r in reports if r.get("timeout"))}
+    row["status"] = "oom" if row["oom_runs"] else "timeout" if row["timeout_runs"] else "failed" if errors else "ok"
+    if errors:
+        row["error"] = errors[0]
+    for k in FIGURES:
+        vals = [r[k] for r in ok if r.get(k) is not None]
+        if vals:
+            row[k] = statistics.median(vals)
+            row[k + "_min"], row[k + "_max"] = min(vals), max(vals)
+    return row
+
+
+def compare(artifact: Path, model: Path, work: Path, *, backends: list[str], threads: list[int], quants: list[str],
+            caps_pct: list[float], prompt: str, tokens: int, temperature: float, repeats: int, variants: list[str],
+            progress=lambda desc, n=0: None, log=print) -> dict:
+    """Every configuration, full RAM first (it sizes the caps). Returns {"rows", "llama_bench", "version"}."""
+    from cosmoe_edge.export.mixtral import to_gguf
+    from cosmoe_edge.runtime.manifest import load_manifest
+
+    manifest = load_manifest(artifact)
+    bindir = llamacpp.build(log=log)
+    version = llamacpp.engine_version(bindir)
+    work.mkdir(parents=True, exist_ok=True)
+    f32 = work / f"{model.stem}-f32.gguf"
+    if not f32.is_file() or f32.stat().st_mtime < model.stat().st_mtime:
+        log(f"converting {model} to {f32}")
+        to_gguf(model, f32)
+    ggufs = {q: llamacpp.quantize(bindir, f32, q) for q in quants}
+    f32.unlink()  # 4x the quantised files; rebuilt when needed
+    ours = manifest["exporter"]["cosmoe-edge"]
+    full = [Run("cosmoe-edge", b, manifest["quant"]["scheme"], t, v) for b in backends for v in ("preload", "lazy")
+            for t in threads]
+    full += [Run("llama.cpp", "llama.cpp", q, t, v) for q in quants for v in variants for t in threads]
+    sizes = {r: (artifact_sizes(manifest, r.backend) if r.engine == "cosmoe-edge" else gguf_sizes(ggufs[r.quant]))
+             for r in full}
+
+    def measure(run: Run, base: Run) -> dict:
+        reports = []
+        for _ in range(repeats):
+            progress(f"{run.label} {'full RAM' if run.cap_pct is None else f'cap {run.cap_pct:g}%'}", 1)
+            if run.engine == "cosmoe-edge":
+                reports.append(run_cosmoe(artifact, run, prompt, tokens, temperature))
+            else:
+                reports.append(run_llamacpp(bindir, ggufs[run.quant], run, prompt, tokens, temperature))
+        return reduce(run, reports, sizes[base], ours if run.engine == "cosmoe-edge" else version)
+
+    rows = [measure(r, r) for r in full]
+    for run, row in capped_runs(full, rows, sizes, caps_pct):
+        rows.append(measure(run, row["base"]) | {"fixed_bytes": row["fixed_bytes"]})
+    progress("llama-bench", 0)
+    bench = []
+    for v in variants:
+        if v == "no-mmap":
+            continue
+        m = run_measured(llamacpp.bench_command(bindir, ggufs[quants[0]], threads, 32, tokens, repeats,
+                                                repack=v != "no-repack"), timeout=30 * TIMEOUT_S)
+        bench += llamacpp.parse_bench(m.stdout) if m.returncode == 0 else [{"error": m.stderr[-300:]}]
+    return {"rows": rows, "llama_bench": bench, "version": version, "ggufs": {q: str(p) for q, p in ggufs.items()}}
+
+
+def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[float]) -> list[tuple[Run, dict]]:
+    """Sets each full-RAM row's fixed_bytes (the least peak RSS minus weight bytes over the full-RAM runs
+    of the same engine, backend and quant) and returns the capped runs, each with {base, fixed_bytes}."""
+    for base, row in zip(full, rows, strict=True):
+        same = [x["peak_rss_bytes"] - sum(sizes[b]) for x, b in zip(rows, full, strict=True)
+                if "peak_rss_bytes" in x and (b.engine, b.backend, b.quant) == (base.engine, base.backend, base.quant)]
+        row["fixed_bytes"] = max(0, min(same)) if same else None
+    out = []
+    for pct in caps_pct:
+        for base, row in zip(full, rows, strict=True):
+            if row["fixed_bytes"] is None or base.variant == "preload":
+                continue
+            backbone, experts = sizes[base]
+            cap = int(row["fixed_bytes"] + backbone + pct / 100 * experts)
+            out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct, cap),
+                        {"base": base, "fixed_bytes": row["fixed_bytes"]}))
+    return out
+
+
+def total_runs(backends, threads, quants, variants, caps_pct, repeats) -> int:
+    ours, theirs = len(backends) * len(threads), len(quants) * len(variants) * len(threads)
+    return (2 * ours + theirs + (ours + theirs) * len(caps_pct)) * repeats
+
+
+def plot(rows: list[dict], path: Path, title: str):
+    """Decode tok/s against the RAM cap (full RAM at the left), one line per engine/backend/variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = sorted({r["cap_pct"] for r in rows if r["cap_pct"] is not None}, reverse=True)
+    pos = {None: 0} | {p: i + 1 for i, p in enumerate(xs)}
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        pts = sorted((pos[r["cap_pct"]], r.get("decode_tokens_per_s", 0.0)) for r in rows if r["label"] == label)
+        style = "-" if label.startswith("cosmoe-edge") else "--"
+        ax.plot([p for p, _ in pts], [v for _, v in pts], style, marker="o", label=label)
+    ax.set_xticks(range(len(xs) + 1), ["full RAM"] + [f"+{p:g}%" for p in xs])
+    ax.set_xlabel("RAM cap: fixed cost + backbone + this share of the expert bytes (0 = killed or timed out)",
+                  fontsize=8)
+    ax.set_ylabel("decode tokens/s (median)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
