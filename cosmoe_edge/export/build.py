@@ -82,7 +82,7 @@ class Part:
         self.scheme = ("fp32" if scheme == "fp32" else "int8") if kind == "head" else scheme
         if kind == "layer":
             module = source.layer_program(index[0])
-            skip = (module.router,)
+            skip = module.unquantised
             self.example, self.shapes = layer_example(cfg), layer_dynamic_shapes(cfg)
             self.io = (LAYER_INPUTS, LAYER_OUTPUTS)
         else:

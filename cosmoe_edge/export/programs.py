@@ -8,7 +8,7 @@ whole (one delegate call, no portable kernels on the per-token path):
 
 Rules that keep XNNPACK's partitioner happy, each found by counting delegated ops:
 2-D/3-D tensors only (4-D batched matmuls with a dynamic dim crash XNNPACK 1.5.1), views whose
-only dynamic size is -1, RoPE's rotate-half folded into a second projection instead of slicing,
+only dynamic size is -1, RoPE's rotate-half as a fixed fp32 (head_dim x head_dim) matmul instead of slicing,
 the RMSNorm mean as a 4-D average, and no masks or indices built in the graph: the runtime passes
 cos/sin rows and an additive mask.
 """
@@ -27,14 +27,17 @@ def rms_norm(x, norm: RMSNorm):
     return x * torch.rsqrt(ms + norm.eps) * norm.weight
 
 
-def rotated(linear: nn.Linear, heads: int, head_dim: int) -> nn.Linear:
-    """A projection whose output is rotate_half of `linear`'s, per head: [x1, x2] -> [-x2, x1].
-    q * cos + rotated(q) * sin is then RoPE with no slicing of the activations."""
-    w = linear.weight.detach().view(heads, head_dim, -1)
+def rotate_half(head_dim: int) -> nn.Linear:
+    """The fp32 linear map [x1, x2] -> [-x2, x1] on one head's vector: exact (one +-1 term per output,
+    the rest zeros). q * cos + rotate_half(q) * sin is then RoPE with no slicing of the activations, for
+    head_dim^2 multiply-adds per head instead of a second copy of the q and k projections (their
+    weights were 40% of a layer's bytes)."""
     half = head_dim // 2
-    out = nn.Linear(w.shape[-1], heads * head_dim, bias=False)
-    out.weight = nn.Parameter(torch.cat([-w[:, half:], w[:, :half]], 1).reshape(heads * head_dim, -1).clone(),
-                              requires_grad=False)
+    w = torch.zeros(head_dim, head_dim)
+    w[torch.arange(half), torch.arange(half) + half] = -1.0
+    w[torch.arange(half) + half, torch.arange(half)] = 1.0
+    out = nn.Linear(head_dim, head_dim, bias=False)
+    out.weight = nn.Parameter(w, requires_grad=False)
     return out
 
 
@@ -54,8 +57,7 @@ class LayerProgram(nn.Module):
         a = block.attn
         self.attn_norm, self.ffn_norm = block.attn_norm, block.ffn_norm
         self.wq, self.wk, self.wv, self.wo = a.wq, a.wk, a.wv, a.wo
-        self.wq_rot = rotated(a.wq, a.n_heads, a.head_dim)
-        self.wk_rot = rotated(a.wk, a.n_kv_heads, a.head_dim)
+        self.rot = rotate_half(a.head_dim)  # stays fp32: not quantised (see `unquantised`)
         self.heads, self.kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
         moe: MoE = block.ffn
         self.router, self.shared = moe.router, moe.shared
@@ -64,8 +66,9 @@ class LayerProgram(nn.Module):
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         rep = H // KV
         x = rms_norm(h, self.attn_norm)
-        q = self.wq(x).view(-1, H, hd) * cos + self.wq_rot(x).view(-1, H, hd) * sin
-        k = self.wk(x).view(-1, KV, hd) * cos + self.wk_rot(x).view(-1, KV, hd) * sin
+        q, k = self.wq(x), self.wk(x)
+        q = q.view(-1, H, hd) * cos + self.rot(q.view(-1, hd)).view(-1, H, hd) * sin
+        k = k.view(-1, KV, hd) * cos + self.rot(k.view(-1, hd)).view(-1, KV, hd) * sin
         v = self.wv(x).view(-1, KV, hd)
         # grouped-query attention as one batched matmul per kv head: (KV, rep*T, hd) queries
         q = q.view(-1, KV, rep, hd).permute(1, 2, 0, 3).contiguous().view(KV, -1, hd)
@@ -78,6 +81,11 @@ class LayerProgram(nn.Module):
         if self.shared is not None:
             h = h + self.shared(x)
         return h, x, self.router(x), k, v
+
+    @property
+    def unquantised(self) -> tuple[nn.Module, ...]:
+        """Linears that stay fp32: the router (routing decisions are sensitive) and rotate-half (exact)."""
+        return (self.router, self.rot)
 
 
 class HeadProgram(nn.Module):

@@ -51,8 +51,13 @@ def session_options(threads: int, expert: bool):
     so = ort.SessionOptions()
     if expert:  # a 3-matmul graph gains nothing from the full optimiser; loading is ~40% faster
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
+    if threads > 1 and _ort_pool[0] == threads:
+        # one process-wide pool: a pool per session (dozens of experts) leaves that many threads
+        # spinning after each call, and on a 2-core machine decode fell to 6 tok/s from 105
+        so.use_per_session_threads = False
+    else:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # no arena: memory freed when an expert is dropped goes back to malloc (and from there
     # to the OS with malloc_trim) instead of staying reserved in a per-session arena
@@ -254,7 +259,14 @@ def import_runtime(backend: str, threads: int = 1):
                 _unsafe_reset_threadpool(threads)  # decode-sized matmuls run best on one core
     else:
         require("edge-run --backend onnx", "onnx", "onnxruntime")
-        import onnxruntime  # noqa: F401
+        from onnxruntime.capi import _pybind_state
+
+        if threads > 1 and _ort_pool[0] is None:  # only before the first session creates the environment
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _ort_pool[0] = threads
+
+
+_ort_pool = [None]  # the size of onnxruntime's process-wide thread pool, once set
 
 
 def open_program(backend: str, path, methods: list[str], threads: int = 1, expert: bool = False,
