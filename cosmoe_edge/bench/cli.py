@@ -236,7 +236,7 @@ def side_by_side(artifacts, model, peer, out, backends, threads, quants, variant
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cosmoe_edge.bench import side_by_side as sbs
-    from cosmoe_edge.bench.llamacpp import QUANTS
+    from cosmoe_edge.bench.llamacpp import CACHE, QUANTS
     from cosmoe_edge.errors import EdgeError
     from cosmoe_edge.runtime.manifest import load_manifest
 
@@ -272,7 +272,7 @@ def side_by_side(artifacts, model, peer, out, backends, threads, quants, variant
                   console=console) as bar:
         task = bar.add_task("side by side", total=sbs.total_runs(backends, threads, quants, variants, caps, repeats))
         try:
-            result = sbs.compare(artifacts[0], model, out / "gguf", backends=backends, threads=threads, quants=quants,
+            result = sbs.compare(artifacts[0], model, CACHE / "gguf", backends=backends, threads=threads, quants=quants,
                                  caps_pct=caps, prompt=prompt, tokens=tokens, temperature=temperature,
                                  repeats=repeats, variants=variants,
                                  progress=lambda d, n=0: bar.update(task, description=d, advance=n),
