@@ -160,16 +160,20 @@ def test_side_by_side_caps_and_rows():
     rows = [{"peak_rss_bytes": p} for p in (600, 350, 560, 320)]
     caps = capped_runs(full, rows, sizes, [50.0])
     assert [r["fixed_bytes"] for r in rows] == [100, 100, 40, 40]
-    got = {(run.engine, run.variant): run.ram_cap for run, _ in caps}
-    assert got == {("cosmoe-edge", "lazy"): 100 + 50 + 100, ("llama.cpp", "repack"): 40 + 60 + 110,
-                   ("llama.cpp", "no-repack"): 40 + 60 + 110}  # preload runs only at full RAM
-    assert all(run.cap_pct == 50.0 and extra["base"].cap_pct is None for run, extra in caps)
-    assert total_runs(["onnx"], [1], ["Q4_0"], ["repack", "no-repack"], [50.0], 1) == 2 + 2 + 3
-    row = reduce(caps[1][0], [{"error": "oom", "oom": True}, {"decode_tokens_per_s": 9.0, "peak_rss_bytes": 1},
-                              {"decode_tokens_per_s": 11.0, "peak_rss_bytes": 3}], (60, 220), "llama.cpp x")
+    got = {(run.engine, run.variant, run.cap_of): run.ram_cap for run, _ in caps}
+    assert got == {("cosmoe-edge", "lazy", ""): 100 + 50 + 100, ("llama.cpp", "repack", ""): 40 + 60 + 110,
+                   ("llama.cpp", "no-repack", ""): 40 + 60 + 110,  # preload runs only at full RAM
+                   ("llama.cpp", "repack", "onnx"): 250, ("llama.cpp", "no-repack", "onnx"): 250}  # the same RAM
+    assert len(caps) == len(got) and all(run.cap_pct == 50.0 and extra["base"].cap_pct is None for run, extra in caps)
+    assert total_runs(["onnx"], [1], ["Q4_0"], ["repack", "no-repack"], [50.0], 1) == 2 + 2 + 1 + 2 * 2
+    repack = next(run for run, _ in caps if run.variant == "repack")
+    row = reduce(repack, [{"error": "oom", "oom": True}, {"decode_tokens_per_s": 9.0, "peak_rss_bytes": 1},
+                          {"decode_tokens_per_s": 11.0, "peak_rss_bytes": 3}], (60, 220), "llama.cpp x")
     assert row["status"] == "oom" and row["oom_runs"] == 1 and row["decode_tokens_per_s"] == 10.0
     assert (row["decode_tokens_per_s_min"], row["decode_tokens_per_s_max"], row["ram_cap"]) == (9.0, 11.0, 210)
     assert row["label"] == "llama.cpp repack Q4_0 t1" and row["version"] == "llama.cpp x"
+    same = next(run for run, _ in caps if run.cap_of)
+    assert same.label.endswith("at onnx's cap")
 
 
 def test_peer_refuses_what_it_cannot_compare(int4_artifact, tiny_model, tmp_path):

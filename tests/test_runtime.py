@@ -121,6 +121,19 @@ def test_onnx_path_runs_without_torch(int4_artifact, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["generated_tokens"] == 8
 
 
+@pytest.mark.parametrize("backend", ["executorch", "onnx"])
+def test_two_threads_give_the_same_tokens(int4_artifact, tmp_path, backend):
+    """Fresh processes: onnxruntime's shared thread pool is sized once per process."""
+    texts = []
+    for threads in (1, 2):
+        report = tmp_path / f"r{threads}.json"
+        r = edge_run(int4_artifact, "--prompt", PROMPT, "--backend", backend, "--max-new-tokens", "24", "--threads",
+                     threads, "--memory-budget", "50%", "--report", report)
+        assert r.returncode == 0, r.stderr[-2000:]
+        texts.append(json.loads(report.read_text())["text"])
+    assert texts[0] == texts[1]
+
+
 def corrupt_copy(src, tmp_path, edit):
     dst = tmp_path / "art"
     shutil.copytree(src, dst)

@@ -282,9 +282,7 @@ def side_by_side(artifacts, model, peer, out, backends, threads, quants, variant
     result["machine"] = hw
     (out / "side_by_side.json").write_text(json.dumps(result, indent=1))
     write_csv(result["rows"], out / "side_by_side.csv")
-    sbs.plot(result["rows"], out / "side_by_side.png",
-             f"{Path(artifacts[0]).name}: cosmoe-edge {result['rows'][0]['version']} vs {result['version']}\n"
-             f"{hw['cpu']}, {hw['cores']} cores, {hw['date']}")
+    sbs.plot(result["rows"], out / "side_by_side.png", sbs.plot_title(Path(artifacts[0]).name, result))
     print_side_by_side(result)
     print(f"wrote {out}/side_by_side.json, side_by_side.csv and side_by_side.png")
 

@@ -39,11 +39,13 @@ class Run:
     variant: str  # cosmoe-edge: preload | lazy; llama.cpp: repack (its default) | no-repack | no-mmap
     cap_pct: float | None = None  # None: full RAM; P: fixed + backbone + P% of the experts
     ram_cap: int | None = None  # bytes
+    cap_of: str = ""  # "": this engine's own cap; else the cosmoe-edge backend whose cap (same RAM) it runs at
 
     @property
     def label(self) -> str:
         backend = f"{self.backend} " if self.engine == "cosmoe-edge" else ""
-        return f"{self.engine} {backend}{self.variant} {self.quant} t{self.threads}"
+        return f"{self.engine} {backend}{self.variant} {self.quant} t{self.threads}" + (
+            f" at {self.cap_of}'s cap" if self.cap_of else "")
 
 
 def gguf_sizes(path: Path) -> tuple[int, int]:
@@ -169,30 +171,53 @@ def compare(artifact: Path, model: Path, work: Path, *, backends: list[str], thr
 
 def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[float]) -> list[tuple[Run, dict]]:
     """Sets each full-RAM row's fixed_bytes (the least peak RSS minus weight bytes over the full-RAM runs
-    of the same engine, backend and quant) and returns the capped runs, each with {base, fixed_bytes}."""
+    of the same engine, backend and quant) and returns the capped runs, each with {base, fixed_bytes}:
+    every run but the preloaded ones at its own cap, and llama.cpp's again at the cap of the cosmoe-edge
+    backend with the least fixed cost (the same RAM for both engines)."""
     for base, row in zip(full, rows, strict=True):
         same = [x["peak_rss_bytes"] - sum(sizes[b]) for x, b in zip(rows, full, strict=True)
                 if "peak_rss_bytes" in x and (b.engine, b.backend, b.quant) == (base.engine, base.backend, base.quant)]
         row["fixed_bytes"] = max(0, min(same)) if same else None
+    def cap(base, row, pct):
+        backbone, experts = sizes[base]
+        return int(row["fixed_bytes"] + backbone + pct / 100 * experts)
+
+    ours = [(b, r) for b, r in zip(full, rows, strict=True) if b.engine == "cosmoe-edge" and r["fixed_bytes"] is not None]
+    lightest = min(ours, key=lambda br: br[1]["fixed_bytes"], default=None)
     out = []
     for pct in caps_pct:
         for base, row in zip(full, rows, strict=True):
             if row["fixed_bytes"] is None or base.variant == "preload":
                 continue
-            backbone, experts = sizes[base]
-            cap = int(row["fixed_bytes"] + backbone + pct / 100 * experts)
-            out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct, cap),
-                        {"base": base, "fixed_bytes": row["fixed_bytes"]}))
+            extra = {"base": base, "fixed_bytes": row["fixed_bytes"]}
+            out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct,
+                            cap(base, row, pct)), extra))
+            if base.engine == "llama.cpp" and lightest:
+                out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct,
+                                cap(*lightest, pct), lightest[0].backend), extra))
     return out
 
 
 def total_runs(backends, threads, quants, variants, caps_pct, repeats) -> int:
     ours, theirs = len(backends) * len(threads), len(quants) * len(variants) * len(threads)
-    return (2 * ours + theirs + (ours + theirs) * len(caps_pct)) * repeats
+    return (2 * ours + theirs + (ours + 2 * theirs) * len(caps_pct)) * repeats
+
+
+def plot_title(name: str, result: dict) -> str:
+    hw = result["machine"]
+    return f"{name}: cosmoe-edge vs {result['version'].split(',')[0]}\n{hw['cpu']}, {hw['cores']} cores, {hw['date']}"
+
+
+COLORS = {("cosmoe-edge", "executorch", "preload"): "tab:blue", ("cosmoe-edge", "executorch", "lazy"): "tab:cyan",
+          ("cosmoe-edge", "onnx", "preload"): "tab:green", ("cosmoe-edge", "onnx", "lazy"): "tab:olive",
+          ("llama.cpp", "llama.cpp", "repack"): "tab:red", ("llama.cpp", "llama.cpp", "no-repack"): "tab:orange",
+          ("llama.cpp", "llama.cpp", "no-mmap"): "tab:brown"}
 
 
 def plot(rows: list[dict], path: Path, title: str):
-    """Decode tok/s against the RAM cap (full RAM at the left), one line per engine/backend/variant."""
+    """Decode tok/s against the RAM cap (full RAM at the left): one line per engine/backend/variant
+    (colour) and thread count (solid: 1 thread, dashed: more); llama.cpp at cosmoe-edge's cap (the same RAM)
+    pale, with triangles; a killed or timed-out run is drawn at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,18 +225,21 @@ def plot(rows: list[dict], path: Path, title: str):
 
     xs = sorted({r["cap_pct"] for r in rows if r["cap_pct"] is not None}, reverse=True)
     pos = {None: 0} | {p: i + 1 for i, p in enumerate(xs)}
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     for label in dict.fromkeys(r["label"] for r in rows):
-        pts = sorted((pos[r["cap_pct"]], r.get("decode_tokens_per_s", 0.0)) for r in rows if r["label"] == label)
-        style = "-" if label.startswith("cosmoe-edge") else "--"
-        ax.plot([p for p, _ in pts], [v for _, v in pts], style, marker="o", label=label)
+        mine = [r for r in rows if r["label"] == label]
+        pts = sorted((pos[r["cap_pct"]], r.get("decode_tokens_per_s", 0.0)) for r in mine)
+        r = mine[0]
+        ax.plot([p for p, _ in pts], [v for _, v in pts], "-" if r["threads"] == 1 else "--",
+                marker="o" if r["engine"] == "cosmoe-edge" else "^" if r.get("cap_of") else "s",
+                alpha=0.45 if r.get("cap_of") else 1.0,
+                color=COLORS.get((r["engine"], r["backend"], r["variant"]), "gray"), label=label)
     ax.set_xticks(range(len(xs) + 1), ["full RAM"] + [f"+{p:g}%" for p in xs])
-    ax.set_xlabel("RAM cap: fixed cost + backbone + this share of the expert bytes (0 = killed or timed out)",
-                  fontsize=8)
-    ax.set_ylabel("decode tokens/s (median)")
+    ax.set_xlabel("RAM cap: each engine's fixed cost + backbone + this share of its expert bytes", fontsize=8)
+    ax.set_ylabel("decode tokens/s (median; 0: killed)", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
