@@ -237,11 +237,15 @@ def side_by_side(artifacts, model, peer, out, backends, threads, quants, variant
 
     from cosmoe_edge.bench import side_by_side as sbs
     from cosmoe_edge.bench.llamacpp import CACHE, QUANTS
-    from cosmoe_edge.errors import EdgeError
+    from cosmoe_edge.errors import EdgeError, MissingExtra, require
     from cosmoe_edge.runtime.manifest import load_manifest
 
     if peer != "llama.cpp":
         fail(f"--peer {peer!r}: the one peer engine is llama.cpp")
+    try:  # the checkpoint goes to GGUF as edge-convert writes it
+        require("edge-bench --peer", "hf", "torch", "safetensors", "gguf")
+    except MissingExtra as e:
+        fail(str(e))
     if len(artifacts) != 1 or model is None:
         fail("--peer compares one ARTIFACT with llama.cpp on the same weights: pass one artifact and --model, the "
              "checkpoint it was exported from")

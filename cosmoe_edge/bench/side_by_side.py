@@ -12,7 +12,9 @@ preloaded experts promoted into sessions) is not given room for it. Variants: co
 (every expert loaded before the prompt, as llama.cpp's warmup touches every weight; full RAM only) and
 "lazy" (experts loaded on first use, with a P% expert budget under a cap); llama.cpp "repack" (its
 default), "no-repack" (experts stay mapped from the file) and "no-mmap" (-lm none: weights read into
-memory). llama-bench's prefill/decode figures go beside them."""
+memory). Because the engines' fixed costs differ (a Python process against a C++ one), llama.cpp also
+runs at the cap of the cosmoe-edge backend with the least fixed cost: the same RAM for both.
+llama-bench's prefill/decode figures go beside them."""
 
 import statistics
 from dataclasses import asdict, dataclass
@@ -63,30 +65,36 @@ def artifact_sizes(manifest: dict, backend: str) -> tuple[int, int]:
     return (sum(f["bytes"] for f in s["backbone"]["files"]) + shared, sum(e["bytes"] for e in s["experts"]))
 
 
-def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
+def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, temperature: float,
+                 attempts: int = 3) -> dict:
+    """One measured llama-completion run. Its timings are printed by an asynchronous logger that can lose
+    its last lines at exit (llama.cpp issue 22142): a run that ended well without them is run again."""
     cmd = llamacpp.completion_command(bindir, gguf, prompt, tokens, run.threads, temperature,
                                       repack=run.variant != "no-repack", mmap=run.variant != "no-mmap")
-    drop_page_cache([gguf])
-    cap_peak = None
-    if run.ram_cap:
-        with RamCap(run.ram_cap) as cap:
-            m = run_measured(cmd, preexec_fn=cap.join, timeout=TIMEOUT_S)
-            cap_peak = cap.peak_bytes()
-    else:
-        m = run_measured(cmd, timeout=TIMEOUT_S)
-    if m.wall_s >= TIMEOUT_S:
-        return {"error": "timeout", "timeout": True}
-    if killed_for_memory(m.returncode):
-        return {"error": "oom", "oom": True}
-    if m.returncode != 0:
-        lines = m.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit code {m.returncode}"}
-    try:
-        r = llamacpp.parse_timings(m.stderr)
-    except ValueError as e:
-        return {"error": str(e)}
-    r |= {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes}
-    return r | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
+    for attempt in range(attempts):
+        drop_page_cache([gguf])
+        cap_peak = None
+        if run.ram_cap:
+            with RamCap(run.ram_cap) as cap:
+                m = run_measured(cmd, preexec_fn=cap.join, timeout=TIMEOUT_S)
+                cap_peak = cap.peak_bytes()
+        else:
+            m = run_measured(cmd, timeout=TIMEOUT_S)
+        if m.wall_s >= TIMEOUT_S:
+            return {"error": "timeout", "timeout": True}
+        if killed_for_memory(m.returncode):
+            return {"error": "oom", "oom": True}
+        if m.returncode != 0:
+            lines = m.stderr.strip().splitlines()
+            return {"error": lines[-1] if lines else f"exit code {m.returncode}"}
+        try:
+            r = llamacpp.parse_timings(m.stderr)
+        except ValueError as e:
+            if attempt + 1 < attempts:
+                continue
+            return {"error": str(e)}
+        r |= {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes, "log_lost_runs": attempt}
+        return r | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
 
 
 def run_cosmoe(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
@@ -109,7 +117,8 @@ def reduce(run: Run, reports: list[dict], sizes: tuple[int, int], version: str) 
     row = asdict(run) | {"label": run.label, "version": version, "runs": len(reports),
                          "backbone_bytes": sizes[0], "expert_bytes": sizes[1],
                          "oom_runs": sum(1 for r in reports if r.get("oom")),
-                         "timeout_runs": sum(1 for r in reports if r.get("timeout"))}
+                         "timeout_runs": sum(1 for r in reports if r.get("timeout")),
+                         "log_lost_runs": sum(r.get("log_lost_runs", 0) for r in reports)}
     row["status"] = "oom" if row["oom_runs"] else "timeout" if row["timeout_runs"] else "failed" if errors else "ok"
     if errors:
         row["error"] = errors[0]
