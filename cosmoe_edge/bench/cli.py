@@ -259,11 +259,12 @@ def side_by_side(artifacts, model, peer, out, backends, threads, quants, variant
     caps = []
     for c in split_list(ram_cap or ""):
         try:
-            caps.append(float(c.removesuffix("%")))
+            pct = float(c.removesuffix("%")) if c.endswith("%") else -1.0
         except ValueError:
-            caps.append(-1.0)
-        if not c.endswith("%") or not 0 < caps[-1] <= 100:
+            pct = -1.0
+        if not 0 < pct <= 100:
             fail(f"with --peer, --ram-cap takes shares of the expert bytes like 100%,50%,25%, not {c!r}")
+        caps.append(pct)
     if caps:
         from cosmoe_edge.bench.ramcap import unavailable
 

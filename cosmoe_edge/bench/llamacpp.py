@@ -76,13 +76,16 @@ def engine_version(bindir: Path) -> str:
     return f"llama.cpp {m[1]} (commit {m[2]}), from llama-cpp-python {VERSION}" if m else f"llama-cpp-python {VERSION}"
 
 
+def quantized_path(f32: Path, quant: str) -> Path:
+    """Where `quantize` writes: `<stem>-<quant>.gguf` beside the f32 GGUF."""
+    return f32.with_name(f"{f32.stem.removesuffix('-f32')}-{quant.lower()}.gguf")
+
+
 def quantize(bindir: Path, f32: Path, quant: str) -> Path:
-    """f32 GGUF -> `<stem>-<quant>.gguf` beside it (reused when newer than its source)."""
+    """f32 GGUF -> quantized_path(f32, quant), written whole or not at all."""
     if quant not in QUANTS:
         raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
-    out = f32.with_name(f"{f32.stem.removesuffix('-f32')}-{quant.lower()}.gguf")
-    if out.is_file() and out.stat().st_mtime >= f32.stat().st_mtime:
-        return out
+    out = quantized_path(f32, quant)
     tmp = out.with_suffix(".partial")
     r = subprocess.run([str(bindir / "llama-quantize"), str(f32), str(tmp), quant], capture_output=True, text=True)
     if r.returncode != 0:

@@ -104,11 +104,7 @@ def run_cosmoe(artifact: Path, run: Run, prompt: str, tokens: int, temperature: 
     c = Config(str(artifact), run.backend, budget, DEFAULT, False, True, run.ram_cap, run.threads,
                preload=run.variant == "preload")
     r = run_once(c, prompt, tokens, None, temperature)
-    if r.get("oom"):
-        return r
-    if "error" in r:
-        return r
-    return {k: r[k] for k in FIGURES if k in r}
+    return r if "error" in r else {k: r[k] for k in FIGURES if k in r}
 
 
 def reduce(run: Run, reports: list[dict], sizes: tuple[int, int], version: str) -> dict:
@@ -142,11 +138,16 @@ def compare(artifact: Path, model: Path, work: Path, *, backends: list[str], thr
     version = llamacpp.engine_version(bindir)
     work.mkdir(parents=True, exist_ok=True)
     f32 = work / f"{model.stem}-f32.gguf"
-    if not f32.is_file() or f32.stat().st_mtime < model.stat().st_mtime:
+    ggufs = {q: llamacpp.quantized_path(f32, q) for q in quants}
+    stale = [q for q, p in ggufs.items() if not p.is_file() or p.stat().st_mtime < model.stat().st_mtime]
+    if stale:  # the quantised files are kept and reused; the f32 one (4x their size) only while they are made
         log(f"converting {model} to {f32}")
-        to_gguf(model, f32)
-    ggufs = {q: llamacpp.quantize(bindir, f32, q) for q in quants}
-    f32.unlink()  # 4x the quantised files; rebuilt when needed
+        try:
+            to_gguf(model, f32)
+            for q in stale:
+                llamacpp.quantize(bindir, f32, q)
+        finally:
+            f32.unlink(missing_ok=True)
     ours = manifest["exporter"]["cosmoe-edge"]
     full = [Run("cosmoe-edge", b, manifest["quant"]["scheme"], t, v) for b in backends for v in ("preload", "lazy")
             for t in threads]
@@ -187,6 +188,7 @@ def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[f
         same = [x["peak_rss_bytes"] - sum(sizes[b]) for x, b in zip(rows, full, strict=True)
                 if "peak_rss_bytes" in x and (b.engine, b.backend, b.quant) == (base.engine, base.backend, base.quant)]
         row["fixed_bytes"] = max(0, min(same)) if same else None
+
     def cap(base, row, pct):
         backbone, experts = sizes[base]
         return int(row["fixed_bytes"] + backbone + pct / 100 * experts)
