@@ -85,6 +85,53 @@ def test_int4_files_are_four_bit(int4_artifact, fp32_artifact, tiny_model):
         assert params / 2 < size < params / 2 + params / 32 * 4 + 1.5 * framing, (backend, size, params, framing)
 
 
+def test_head_scheme_follows_its_measured_cost():
+    from cosmoe_edge.errors import ExportError
+    from cosmoe_edge.export.quantize import HEAD_INT4_TOLERANCE, choose_head
+
+    within, over = 100 * (1 + HEAD_INT4_TOLERANCE * 0.9), 100 * (1 + HEAD_INT4_TOLERANCE * 1.1)
+    assert choose_head("int4", "auto", {"fp32": 100.0, "executorch": within, "onnx": within}) == "int4"
+    assert choose_head("int4", "auto", {"fp32": 100.0, "executorch": within, "onnx": over}) == "int8"
+    assert choose_head("int4", "auto", {"fp32": 100.0, "onnx": within}) == "int4"
+    assert choose_head("int4", "int4", None) == "int4" and choose_head("int4", "int8", None) == "int8"
+    assert choose_head("int8", "auto", None) == "int8" and choose_head("fp32", "auto", None) == "fp32"
+    with pytest.raises(ExportError, match="int4 only"):
+        choose_head("int8", "int4", None)
+
+
+def test_auto_head_choice_recorded(int4_artifact):
+    q = manifest(int4_artifact)["quant"]
+    c = q["head_choice"]
+    assert c["requested"] == "auto" and c["tokens"] > 0 and {"executorch", "onnx"} <= c.keys()
+    within = all(c[b] <= c["fp32"] * (1 + c["tolerance"]) for b in ("executorch", "onnx"))
+    assert q["head"] == ("int4-per-group" if within else "int8-per-channel")
+
+
+def test_int4_head_trial_is_the_built_head(tmp_path, tiny_model):
+    """The auto choice's ONNX trial computes what the exported int4 head program computes, and an int4
+    head is what --head-quant int4 builds (4-bit, verified through the runtime)."""
+    import onnx
+
+    from cosmoe_edge.export.artifact import export_artifact
+    from cosmoe_edge.export.source import Source
+    from cosmoe_edge.export.verify import matmulnbits_int4
+
+    out = tmp_path / "a"
+    m = export_artifact(tiny_model, out, "int4", 32, ["onnx"], jobs=1, verify=True, head_quant="int4")
+    assert m["quant"]["head"] == "int4-per-group" and "head_choice" not in m["quant"]
+    assert m["verification"]["onnx"]["passed"]
+    path = out / m["backends"]["onnx"]["backbone"]["parts"]["head"]["path"]
+    nodes = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 1 and next(a.i for a in nodes[0].attribute if a.name == "bits") == 4
+    with Source(tiny_model) as source:
+        head = source.head_program()
+    h = torch.randn(7, head.lm_head.in_features)
+    built = open_program("onnx", path, ["main"]).run("main", [h.numpy()])[0]
+    with torch.no_grad():
+        trial = matmulnbits_int4(head.lm_head.weight.numpy(), 32, head.norm(h).numpy())
+    assert np.abs(built - trial).max() <= 1e-4 * np.abs(trial).max()
+
+
 def _run(*args, cwd, **kw):
     # in a scratch folder: the default --out (artifact/) must not be the repository's own
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, **kw)
@@ -105,6 +152,8 @@ def test_export_errors_are_one_clear_line(tmp_path, tiny_model):
         ((tiny_model, "--backend", "tflite"), "unknown --backend"),
         ((tiny_model, "--group-size", "64"), "does not divide"),
         ((tiny_model, "--group-size", "16"), "multiple of 32"),
+        ((tiny_model, "--head-quant", "int2"), "unknown --head-quant"),
+        ((tiny_model, "--quant", "int8", "--head-quant", "int4"), "applies to --quant int4 only"),
         ((tiny_model, "--out", full), "pass --force"),
         ((tiny_model, "--out", a_file / "sub", "--backend", "onnx", "--no-verify"), "cannot write"),
     ]

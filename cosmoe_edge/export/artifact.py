@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 
 from cosmoe_edge.errors import ExportError
 from cosmoe_edge.export import build
-from cosmoe_edge.export.quantize import check_group_size, quantize_embedding
+from cosmoe_edge.export.quantize import HEAD_FORMS, HEAD_INT4_TOLERANCE, check_group_size, choose_head, quantize_embedding
 from cosmoe_edge.export.schedule import Workdir, build_backends, checkpoint_identity
 from cosmoe_edge.export.source import Source
 from cosmoe_edge.model.tokenizer import eos_id
@@ -68,7 +68,7 @@ def write_shared(source, scheme: str, tmp: Path) -> dict:
 
 
 def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, backends: list[str], jobs: int,
-                    verify: bool, progress=None, resume: bool = False) -> dict:
+                    verify: bool, progress=None, resume: bool = False, head_quant: str = "auto") -> dict:
     """Returns the manifest it wrote. `progress(what, advance, total)` is called as parts finish (what: a
     backend's name, or a stage such as "verifying"). The work happens in `.{out}.partial` beside `out`:
     interrupted, it is kept, and `resume` continues it without redoing the parts it finished."""
@@ -79,8 +79,16 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
         raise ExportError("edge-export needs an MoE model; this checkpoint is the dense baseline", "not_moe")
     check_group_size(cfg.to_dict(), scheme, group_size, backends)
     out.parent.mkdir(parents=True, exist_ok=True)
+    head_costs = None
+    if scheme == "int4" and head_quant == "auto":
+        if progress:
+            progress("measuring the LM head's int4 cost", 0, None)
+        from cosmoe_edge.export.verify import head_costs as measure_head_costs
+
+        head_costs = measure_head_costs(source, group_size, backends)
+    head_scheme = choose_head(scheme, head_quant, head_costs)
     options = {"checkpoint": checkpoint_identity(ckpt_path), "scheme": scheme, "group_size": group_size,
-               "backends": backends, "exporter": package_versions()}
+               "head": head_scheme, "backends": backends, "exporter": package_versions()}
     work = Workdir(out, options, resume)
     tmp = work.root
     try:
@@ -91,12 +99,15 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
                     "model": cfg.to_dict() | {"head_dim": cfg.head_dim},
                     "quant": {"scheme": scheme, "group_size": group_size if scheme == "int4" else None,
                               "embedding": "fp32" if scheme == "fp32" else "int8-per-row",
-                              "head": "fp32" if scheme == "fp32" else "int8-per-channel", "routers": "fp32"},
+                              "head": HEAD_FORMS[head_scheme], "routers": "fp32"}
+                             | ({"head_choice": {"requested": head_quant, "tolerance": HEAD_INT4_TOLERANCE} | head_costs}
+                                if head_costs else {}),
                     "layer_max_tokens": build.LAYER_MAX_TOKENS, "expert_max_tokens": build.EXPERT_MAX_TOKENS,
                     "calling_convention": CALLING_CONVENTION}
         manifest |= write_shared(source, scheme, tmp)
         source.close()
-        records, stats = build_backends(str(ckpt_path), cfg, backends, scheme, group_size, jobs, work, progress)
+        records, stats = build_backends(str(ckpt_path), cfg, backends, scheme, head_scheme, group_size, jobs, work,
+                                        progress)
         manifest["backends"] = {b: backend_entry(b, records[b], cfg) for b in backends}
         if "onnx" in backends and scheme == "int8":
             with Source(ckpt_path) as src:

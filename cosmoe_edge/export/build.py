@@ -78,8 +78,7 @@ class Part:
         cfg = source.cfg
         self.backend, self.kind, self.index = backend, kind, index
         self.name = part_name(kind, index)
-        # the LM head is int8 for int8 and int4 (quantize.py)
-        self.scheme = ("fp32" if scheme == "fp32" else "int8") if kind == "head" else scheme
+        self.scheme = scheme  # the head's own (quantize.choose_head) when kind is "head"
         if kind == "layer":
             module = source.layer_program(index[0])
             skip = module.unquantised

@@ -7,7 +7,10 @@
 ExecuTorch: torchao's Int8DynamicActivationIntxWeightConfig (8-bit dynamic activations), which
 XNNPACK runs as its qd8 kernels. ONNX: onnxruntime's MatMulNBits (bits 4 or 8, accuracy level 4 =
 int8 activations, the same arithmetic). Routers stay fp32 (a flipped top-k costs more than the
-bytes saved). The LM head and the embedding table use int8 for both int8 and int4.
+bytes saved). The embedding table is int8 rows for int8 and int4. The LM head is int8 for int8; for
+int4 it is int4 when, on every backend built, that costs at most HEAD_INT4_TOLERANCE of held-out
+perplexity over the fp32 head (`choose_head`, measured with the real head programs at export), else int8:
+the head is read whole at every token, so its bytes are decode time.
 """
 
 import numpy as np
@@ -17,6 +20,24 @@ from torch import nn
 from cosmoe_edge.errors import ExportError
 
 SCHEMES = ("fp32", "int8", "int4")
+HEAD_CHOICES = ("auto", "int8", "int4")
+HEAD_INT4_TOLERANCE = 0.005  # relative perplexity an int4 head may add over the fp32 head
+HEAD_FORMS = {"fp32": "fp32", "int8": "int8-per-channel", "int4": "int4-per-group"}
+
+
+def choose_head(scheme: str, requested: str, costs: dict | None) -> str:
+    """The LM head's scheme: the artifact's own for fp32 and int8; for int4 the one requested, or with
+    "auto" int4 when `costs` (verify.head_costs) show every backend's int4 head within
+    HEAD_INT4_TOLERANCE of the fp32 head's perplexity."""
+    if scheme != "int4":
+        if requested != "auto":
+            raise ExportError(f"--head-quant applies to --quant int4 only (this export's head is {scheme})",
+                              "bad_head_quant")
+        return scheme
+    if requested != "auto":
+        return requested
+    trials = [v for k, v in costs.items() if k in ("executorch", "onnx")]
+    return "int4" if all(v <= costs["fp32"] * (1 + HEAD_INT4_TOLERANCE) for v in trials) else "int8"
 
 
 def check_group_size(cfg: dict, scheme: str, group_size: int, backends: list[str]):

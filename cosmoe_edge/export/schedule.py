@@ -136,8 +136,8 @@ def plan(cfg, backends: list[str]) -> list[tuple[str, str, list[tuple]]]:
     return groups
 
 
-def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work: Workdir, progress):
-    """Build every part not already done; returns ({backend: [record]}, stats)."""
+def build_backends(ckpt_path: str, cfg, backends, scheme, head_scheme, group_size, jobs, work: Workdir, progress):
+    """Build every part not already done (the head in `head_scheme`); returns ({backend: [record]}, stats)."""
     groups = plan(cfg, backends)
     total = {b: sum(len(ix) for bb, _, ix in groups if bb == b) for b in backends}
     records = {b: [] for b in backends}
@@ -171,8 +171,8 @@ def build_backends(ckpt_path: str, cfg, backends, scheme, group_size, jobs, work
         while ready or running:
             for task in ready:
                 b, kind, indices, tfile, learn = task
-                running[pool.submit(build.build_parts, ckpt_path, b, scheme, group_size, str(work.root), kind, indices,
-                                    tfile, learn)] = task
+                running[pool.submit(build.build_parts, ckpt_path, b, head_scheme if kind == "head" else scheme,
+                                    group_size, str(work.root), kind, indices, tfile, learn)] = task
             ready = []
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
