@@ -60,7 +60,8 @@ def main():
              "| | executorch | onnx |", "|---|---|---|"]
     rows = {k: [] for k in ("backbone program(s)", "+ embedding table (int8 rows, shared)", "LM head inside the backbone",
                             "all experts", "one expert", "expert share of the model", "linear layers lowered",
-                            "held-out perplexity vs eager fp32", "top-1 agreement with eager fp32",
+                            "LM head: --head-quant auto's int4 trial, perplexity", "held-out perplexity vs eager fp32",
+                            "top-1 agreement with eager fp32",
                             "decode call: layer / expert / head (T = 1, pos 20)")}
     for b in ("executorch", "onnx"):
         s = m["backends"][b]
@@ -84,6 +85,10 @@ def main():
         rows["one expert"].append(f"{s['experts'][0]['bytes'] / 1e3:.0f} KB")
         rows["expert share of the model"].append(f"{experts / (experts + backbone + emb):.0%}")
         rows["linear layers lowered"].append(lowered)
+        c = m["quant"].get("head_choice", {})
+        rows["LM head: --head-quant auto's int4 trial, perplexity"].append(
+            f"{c[b]:.3f} vs {c['fp32']:.3f} with the fp32 head ({c[b] / c['fp32'] - 1:+.2%}): "
+            f"{m['quant']['head']} kept" if b in c else m["quant"]["head"])
         rows["held-out perplexity vs eager fp32"].append(
             f"{v['ppl_artifact']:.3f} vs {v['ppl_eager_fp32']:.3f} ({v['ppl_change']:+.2%})" if v else "not verified")
         rows["top-1 agreement with eager fp32"].append(f"{v['top1_agreement']:.1%}" if v else "")
@@ -92,7 +97,9 @@ def main():
     lines += [f"| {k} | {' | '.join(v)} |" for k, v in rows.items()]
     lines += ["", f"Verification: {v.get('tokens', 0)} tokens of held-out text, one passage scored with the "
               "full context (so its perplexity is not the model card's, which averages short windows). "
-              "Call times are medians of 300 calls in one process, one thread, after warm-up."]
+              "The head's trial scores the same held-out text through the eager model with only the head "
+              f"quantised; int4 is kept when it adds at most {m['quant'].get('head_choice', {}).get('tolerance', 0):.1%} "
+              "on every backend. Call times are medians of 300 calls in one process, one thread, after warm-up."]
     body = "\n".join(lines)
     write_between_markers(a.out, body)
     print(body)
