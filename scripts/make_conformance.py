@@ -4,7 +4,7 @@ script writes today, and the Android core's tests replay them through Java.
 
 Usage: python scripts/make_conformance.py ARTIFACT [--out tests/conformance]
 ARTIFACT: the shipped model exported for executorch (int4), e.g.
-  edge-export models/cosmoe-default.pt --quant int4 --backend executorch --no-verify --out artifact
+  edge-export models/cosmoe-default.pt --quant int4 --head-quant int8 --backend executorch --no-verify --out artifact
 
 - tokenizer.json + tokenizer_cases.json: encode/decode cases, non-ASCII included.
 - generation.json: a greedy generation through the Python runtime (executorch backend): prompt ids,

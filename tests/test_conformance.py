@@ -197,9 +197,10 @@ def test_committed_vectors_are_what_make_conformance_writes_today(shipped_execut
 
 @pytest.fixture(scope="session")
 def shipped_executorch_artifact(tmp_path_factory) -> Path:
-    """The shipped model exported as make_conformance.py's docstring says (executorch, int4, no verify)."""
+    """The shipped model exported as make_conformance.py's docstring says (executorch, int4 with an int8 head, no verify)."""
     from cosmoe_edge.export.artifact import export_artifact
 
     out = tmp_path_factory.mktemp("shipped") / "artifact"
-    export_artifact(ROOT / "models" / "cosmoe-default.pt", out, "int4", 32, ["executorch"], jobs=2, verify=False)
+    export_artifact(ROOT / "models" / "cosmoe-default.pt", out, "int4", 32, ["executorch"], jobs=2, verify=False,
+                    head_quant="int8")
     return out

@@ -53,6 +53,8 @@ class Workdir:
             saved = json.loads(journal.read_text())
             if saved["options"] != options:
                 changed = sorted(k for k in options if saved["options"].get(k) != options[k])
+                if "scheme" in changed and "head" in changed:
+                    changed.remove("head")  # the head's scheme follows the artifact's
                 self.close()
                 raise ExportError(f"the unfinished export in {self.root} was made with another {', '.join(changed)}; "
                                   "drop --resume to start over", "resume_mismatch")
