@@ -21,6 +21,10 @@ def edge_train():
     _launch("edge-train", "train", ("torch",), "cosmoe_edge.model.train")
 
 
+def edge_import():
+    _launch("edge-import", "hf", ("torch", "transformers", "gguf", "accelerate"), "cosmoe_edge.model.import_cli")
+
+
 def edge_export():
     _launch("edge-export", "export", ("torch", "executorch", "onnx", "onnxruntime"), "cosmoe_edge.export.cli")
 

@@ -30,13 +30,14 @@ def main():
     torch.set_num_threads(a.threads)
     read0 = storage_read_bytes()
     t = time.perf_counter_ns()
-    model, tok, _ = load_model(a.model)
+    model, tok, ckpt = load_model(a.model)
     load_ms = (time.perf_counter_ns() - t) / 1e6
     rss_load = rss_bytes()
     ids = tok.encode(a.prompt).ids
     stamps = []
     start = time.perf_counter_ns()
-    out = generate(model, ids, a.max_new_tokens, eos=eos_id(tok), on_token=lambda _: stamps.append(time.perf_counter_ns()))
+    out = generate(model, ids, a.max_new_tokens, eos=eos_id(tok, ckpt["meta"]),
+                   on_token=lambda _: stamps.append(time.perf_counter_ns()))
     step_ns = np.diff(np.asarray(stamps, dtype=np.int64))
     ttft = (stamps[0] - start) / 1e6
     # every expert is in memory and none is loaded: the expert figures are those of an all-resident run

@@ -60,7 +60,7 @@ def write_shared(source, scheme: str, tmp: Path) -> dict:
                for i in range(source.cfg.n_layers)}
     save_file(routers, str(tmp / "routers.safetensors"))
     return {
-        "tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(source.tokenizer)),
+        "tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(source.tokenizer, source.meta)),
         "embedding": file_entry(tmp, tmp / "embedding.safetensors", scheme="fp32" if scheme == "fp32" else "int8-per-row"),
         "routers": file_entry(tmp, tmp / "routers.safetensors",
                               doc="fp32 router weights (E,D) per layer, for the runtime's prefetch guess"),

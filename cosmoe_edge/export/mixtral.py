@@ -79,7 +79,7 @@ def to_hf_folder(ckpt: Path, out: Path) -> Path:
                 tensors |= mixtral_tensors(source, i)
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
                       metadata={"format": "pt"})
-            eos = eos_id(tokenizer)
+            eos = eos_id(tokenizer, source.meta)
             (tmp / "config.json").write_text(json.dumps(mixtral_config(cfg, eos), indent=1))
             (tmp / "tokenizer.json").write_text(source.tokenizer_json)
             eos_token = tokenizer.id_to_token(eos)
@@ -135,7 +135,7 @@ def to_gguf(ckpt: Path, out: Path) -> Path:
                            else gguf.TokenType.UNUSED for i in range(cfg.vocab_size)])
         merges = spec["model"]["merges"]
         w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-        eos = eos_id(tok)
+        eos = eos_id(tok, source.meta)
         w.add_eos_token_id(eos)
         w.add_bos_token_id(eos)
         w.add_add_bos_token(False)

@@ -73,13 +73,14 @@ def main(
         print("error: --prompt is empty", file=sys.stderr)
         raise typer.Exit(2)
     try:
-        model, tok, _ = load_model(model_path)
+        model, tok, ckpt = load_model(model_path)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
     ids = tok.encode(prompt).ids
     sys.stdout.write(prompt)
-    generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id(tok), on_token=TextStream(tok, sys.stdout))
+    generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id(tok, ckpt["meta"]),
+             on_token=TextStream(tok, sys.stdout))
     sys.stdout.write("\n")
 
 

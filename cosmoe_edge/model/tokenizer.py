@@ -22,5 +22,8 @@ def load_tokenizer(tokenizer_json: str) -> Tokenizer:
     return Tokenizer.from_str(tokenizer_json)
 
 
-def eos_id(tok: Tokenizer) -> int:
+def eos_id(tok: Tokenizer, meta: dict | None = None) -> int | None:
+    """The id that ends a generation: an imported model's own (meta["eos_id"]), else our tokenizer's EOS."""
+    if meta and meta.get("eos_id") is not None:
+        return int(meta["eos_id"])
     return tok.token_to_id(EOS)
