@@ -191,3 +191,24 @@ def test_interrupted_export_writes_nothing_and_keeps_its_parts(tmp_path, tiny_mo
     # what was finished stays for --resume (test_export_scale.py resumes a killed export)
     assert [p.name for p in tmp_path.iterdir()] == [".art.partial"]
     assert not list(tmp_path.glob(".art.partial/**/*.tmp"))
+
+
+def test_qkv_biases_export_on_both_backends(tmp_path, tiny_model):
+    """Qwen2-style biases on q, k, v (config.attn_bias, edge-import) survive export: fp32 greedy tokens and
+    logits equal the eager model's, int4 within the perplexity goal, on both backends."""
+    from cosmoe_edge.export.artifact import export_artifact
+    from cosmoe_edge.model.checkpoint import save_checkpoint
+    from cosmoe_edge.model.model import CoSMoE
+    from tests.conftest import tiny_config
+
+    model = CoSMoE(tiny_config(attn_bias=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
+    save_checkpoint(tmp_path / "b.pt", model, torch.load(tiny_model, weights_only=True)["tokenizer"], {})
+    for scheme in ("fp32", "int4"):
+        m = export_artifact(tmp_path / "b.pt", tmp_path / scheme, scheme, 32, ["executorch", "onnx"], jobs=2,
+                            verify=True)
+        for backend in ("executorch", "onnx"):
+            assert m["verification"][backend]["passed"], (scheme, backend, m["verification"][backend])

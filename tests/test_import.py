@@ -29,11 +29,19 @@ def hf_folder(folder: Path, kind: str, **kw):
         MixtralConfig,
         MixtralForCausalLM,
         PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
     )
 
     torch.manual_seed(0)
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**SHAPE | dict(intermediate_size=96, tie_word_embeddings=True) | kw))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**SHAPE | dict(intermediate_size=96, tie_word_embeddings=False) | kw))
+        with torch.no_grad():  # transformers initialises biases to zero: make them count
+            for name, p in model.named_parameters():
+                if name.endswith("proj.bias"):
+                    p.normal_(0, 0.5)
     elif kind == "mixtral":
         model = MixtralForCausalLM(MixtralConfig(**SHAPE | dict(intermediate_size=64, num_local_experts=4,
                                                                 num_experts_per_tok=2, tie_word_embeddings=False) | kw))
@@ -51,7 +59,7 @@ def edge_import(*args) -> subprocess.CompletedProcess:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["llama", "mixtral"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mixtral"])
 def test_import_computes_what_transformers_computes(tmp_path, kind):
     from transformers import AutoTokenizer
 
@@ -61,7 +69,7 @@ def test_import_computes_what_transformers_computes(tmp_path, kind):
     r = edge_import(tmp_path / "hf", "--out", tmp_path / "m.pt")
     assert r.returncode == 0, r.stderr[-2000:]
     ours, tok, ckpt = load_model(tmp_path / "m.pt")
-    assert ours.cfg.ffn == ("dense" if kind == "llama" else "moe")
+    assert ours.cfg.ffn == ("moe" if kind == "mixtral" else "dense") and ours.cfg.attn_bias == (kind == "qwen2")
     assert ours.cfg.tie_embeddings == (kind == "llama") and ckpt["meta"]["eos_id"] == 0
     x = torch.randint(0, 4096, (2, 48))
     assert (theirs(x).logits - ours(x)[0]).abs().max().item() <= 1e-4

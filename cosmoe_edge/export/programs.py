@@ -104,15 +104,17 @@ class HeadProgram(nn.Module):
 
 
 class MatMul(nn.Module):
-    """x @ W^T with W^T stored as a constant (in, out) matrix: the form onnxruntime's MatMulNBits
-    quantiser recognises (it skips the Gemm the ONNX exporter makes of nn.Linear)."""
+    """x @ W^T (+ b) with W^T stored as a constant (in, out) matrix: the form onnxruntime's MatMulNBits
+    quantiser recognises (it skips the Gemm the ONNX exporter makes of nn.Linear); a bias stays an Add."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x):
-        return torch.matmul(x, self.weight_t)
+        y = torch.matmul(x, self.weight_t)
+        return y if self.bias is None else y + self.bias
 
 
 def linears_to_matmul(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> int:

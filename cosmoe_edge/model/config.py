@@ -14,6 +14,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    attn_bias: bool = False  # biases on the q, k and v projections (Qwen2's attention; edge-import)
     # feed-forward: "moe" in every layer, or "dense" (the FLOP-aligned baseline)
     ffn: str = "moe"
     dense_hidden: int = 768  # used when ffn == "dense"

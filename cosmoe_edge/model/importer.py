@@ -4,8 +4,9 @@ onto CoSMoE's modules.
 
 Only architectures whose maths CoSMoE computes exactly are taken, each checked field by field, so an
 import is a renaming and nothing else: Llama (SmolLM2, Llama 2/3 without RoPE scaling: RMSNorm, GQA with
-rotate-half RoPE, SwiGLU) as a dense model, Mixtral (the same layer with a softmax router whose top-k
-weights are renormalised, SwiGLU experts) as an MoE. Anything else is refused in one line that names it.
+rotate-half RoPE, SwiGLU) and Qwen2 (the same with biases on q, k, v) as dense models, Mixtral (the
+same layer with a softmax router whose top-k weights are renormalised, SwiGLU experts) as an MoE.
+Anything else is refused in one line that names it.
 """
 
 from pathlib import Path
@@ -15,7 +16,9 @@ import torch
 from cosmoe_edge.errors import CheckpointError
 from cosmoe_edge.model.config import ModelConfig
 
-ARCHITECTURES = {"llama": "dense", "mixtral": "moe"}  # transformers model_type -> CoSMoE ffn (a GGUF names no class)
+# transformers model_type -> CoSMoE ffn (a GGUF names no class)
+ARCHITECTURES = {"llama": "dense", "qwen2": "dense", "mixtral": "moe"}
+QKV_BIAS = {"qwen2"}  # model types whose q, k, v projections always carry biases
 DEFAULT_MAX_SEQ_LEN = 2048  # the KV cache's rows: a phone cannot hold 8k-128k positions for a 30-layer model
 
 
@@ -70,7 +73,7 @@ def model_config(hf, max_seq_len: int = 0) -> ModelConfig:
     kind = ARCHITECTURES.get(hf.model_type)
     if kind is None:
         raise CheckpointError(f"architecture {arch} (model_type {hf.model_type!r}) is not supported; edge-import "
-                              "reads Llama (dense) and Mixtral (MoE)", "unsupported_architecture")
+                              "reads Llama and Qwen2 (dense) and Mixtral (MoE)", "unsupported_architecture")
 
     def refuse(what: str):
         raise CheckpointError(f"{arch} with {what} is not supported (CoSMoE would not compute the same model)",
@@ -95,7 +98,8 @@ def model_config(hf, max_seq_len: int = 0) -> ModelConfig:
                   n_heads=hf.num_attention_heads, n_kv_heads=hf.num_key_value_heads,
                   max_seq_len=max_seq_len or min(allowed, DEFAULT_MAX_SEQ_LEN),
                   rope_theta=float(rope.get("rope_theta", 10000.0)), norm_eps=float(hf.rms_norm_eps),
-                  tie_embeddings=bool(hf.tie_word_embeddings), lb_weight=0.0, bles_weight=0.0)
+                  tie_embeddings=bool(hf.tie_word_embeddings), attn_bias=hf.model_type in QKV_BIAS,
+                  lb_weight=0.0, bles_weight=0.0)
     if kind == "dense":
         return ModelConfig(ffn="dense", dense_hidden=hf.intermediate_size, **common)
     return ModelConfig(ffn="moe", num_experts=hf.num_local_experts, top_k=hf.num_experts_per_tok,
@@ -114,6 +118,8 @@ def state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
         out[q + "ffn_norm.weight"] = t(p + "post_attention_layernorm.weight")
         for ours, theirs in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
             out[q + f"attn.{ours}.weight"] = t(p + f"self_attn.{theirs}.weight")
+            if cfg.attn_bias and ours != "wo":
+                out[q + f"attn.{ours}.bias"] = t(p + f"self_attn.{theirs}.bias")
         if cfg.ffn == "dense":
             for ours, theirs in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
                 out[q + f"ffn.{ours}.weight"] = t(p + f"mlp.{theirs}.weight")
