@@ -116,14 +116,17 @@ def traced_generation(artifact: Path, ids: list[int], eos: int, budget=None, pol
 
 
 def route_cases(steps: list[dict], num_experts: int, top_k: int) -> list[dict]:
-    """route() on the first recorded logits, and on rows with ties (which go to the lower expert id)."""
+    """route() on the first recorded logits, and on rows with ties (which go to the lower expert id); the
+    last rows also without renormalising (a model whose router_renorm is false)."""
     rows = [row for step in steps[:8] for row in step["router_logits"]]
     rows += [[1.0] * num_experts, [0.0, 2.0, 2.0] + [-1.0] * (num_experts - 3),
              [3.0] + [0.5] * (num_experts - 2) + [3.0]]
     out = []
-    for row in rows:
-        experts, weights = route(np.asarray([row], dtype=np.float32), top_k)
-        out.append({"logits": row, "experts": experts[0].tolist(), "weights": weights[0].tolist()})
+    for i, row in enumerate(rows):
+        for renorm in (True, False) if i >= len(rows) - 4 else (True,):
+            experts, weights = route(np.asarray([row], dtype=np.float32), top_k, renorm)
+            out.append({"logits": row, "experts": experts[0].tolist(), "weights": weights[0].tolist()}
+                       | ({} if renorm else {"renorm": False}))
     return out
 
 

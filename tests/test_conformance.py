@@ -86,9 +86,11 @@ def test_cache_budgets_follow_from_costs():
 def test_routing_replay():
     g = vectors("generation.json")
     for case in g["route_cases"]:
-        experts, weights = route(np.asarray([case["logits"]], dtype=np.float32), g["top_k"])
+        renorm = case.get("renorm", True)
+        experts, weights = route(np.asarray([case["logits"]], dtype=np.float32), g["top_k"], renorm)
         assert experts[0].tolist() == case["experts"]
         np.testing.assert_allclose(weights[0], case["weights"], rtol=0, atol=1e-7)
+        assert renorm == (abs(sum(case["weights"]) - 1) < 1e-6)  # without renormalising the k do not sum to 1
     flat = next(c for c in g["route_cases"] if len(set(c["logits"])) == 1)
     assert flat["experts"] == list(range(g["top_k"]))  # ties go to the lower expert id
     for step in g["steps"]:

@@ -31,6 +31,8 @@ def hf_folder(folder: Path, kind: str, **kw):
         PreTrainedTokenizerFast,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
     )
 
     torch.manual_seed(0)
@@ -41,6 +43,14 @@ def hf_folder(folder: Path, kind: str, **kw):
         with torch.no_grad():  # transformers initialises biases to zero: make them count
             for name, p in model.named_parameters():
                 if name.endswith("proj.bias"):
+                    p.normal_(0, 0.5)
+    elif kind == "qwen2_moe":  # top-k weights as they are (norm_topk_prob False), a gated shared expert
+        model = Qwen2MoeForCausalLM(Qwen2MoeConfig(**SHAPE | dict(
+            intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4,
+            num_experts_per_tok=2, norm_topk_prob=False, tie_word_embeddings=False) | kw))
+        with torch.no_grad():  # transformers initialises the routers and biases to zero: make them count
+            for name, p in model.named_parameters():
+                if name.endswith(("proj.bias", "mlp.gate.weight")):
                     p.normal_(0, 0.5)
     elif kind == "mixtral":
         model = MixtralForCausalLM(MixtralConfig(**SHAPE | dict(intermediate_size=64, num_local_experts=4,
@@ -59,7 +69,7 @@ def edge_import(*args) -> subprocess.CompletedProcess:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "mixtral"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mixtral", "qwen2_moe"])
 def test_import_computes_what_transformers_computes(tmp_path, kind):
     from transformers import AutoTokenizer
 
@@ -69,7 +79,8 @@ def test_import_computes_what_transformers_computes(tmp_path, kind):
     r = edge_import(tmp_path / "hf", "--out", tmp_path / "m.pt")
     assert r.returncode == 0, r.stderr[-2000:]
     ours, tok, ckpt = load_model(tmp_path / "m.pt")
-    assert ours.cfg.ffn == ("moe" if kind == "mixtral" else "dense") and ours.cfg.attn_bias == (kind == "qwen2")
+    assert ours.cfg.ffn == ("dense" if kind in ("llama", "qwen2") else "moe")
+    assert ours.cfg.attn_bias == kind.startswith("qwen2") and ours.cfg.router_renorm == (kind != "qwen2_moe")
     assert ours.cfg.tie_embeddings == (kind == "llama") and ckpt["meta"]["eos_id"] == 0
     x = torch.randint(0, 4096, (2, 48))
     assert (theirs(x).logits - ours(x)[0]).abs().max().item() <= 1e-4
@@ -80,12 +91,13 @@ def test_import_computes_what_transformers_computes(tmp_path, kind):
 
 
 @torch.no_grad()
-def test_imported_mixtral_exports_and_runs_as_transformers_generates(tmp_path):
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe"])
+def test_imported_moe_exports_and_runs_as_transformers_generates(tmp_path, kind):
     from cosmoe_edge.export.artifact import export_artifact
     from cosmoe_edge.runtime.engine import Engine
     from cosmoe_edge.runtime.generate import Sampler, generate
 
-    theirs = hf_folder(tmp_path / "hf", "mixtral")
+    theirs = hf_folder(tmp_path / "hf", kind)
     assert edge_import(tmp_path / "hf", "--out", tmp_path / "m.pt").returncode == 0
     m = export_artifact(tmp_path / "m.pt", tmp_path / "art", "fp32", 32, ["onnx"], jobs=1, verify=False)
     assert m["tokenizer"]["eos_id"] == 0

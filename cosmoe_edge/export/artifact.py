@@ -38,7 +38,8 @@ CALLING_CONVENTION = {
                      "to which the routed experts add; x the experts' input; router_logits (T,E); k, v "
                      "(T,n_kv_heads,head_dim) to store at rows pos0..pos0+T-1."},
     "router": "p = softmax(router_logits) in float32; the top_k experts by descending p, ties to the lower expert id "
-              "(a stable sort); their weights p renormalised to sum 1 over the k",
+              "(a stable sort); their weights p renormalised to sum 1 over the k, or, when model.router_renorm is "
+              "false, p as it is (absent: true)",
     "expert": {"inputs": ["x"], "outputs": ["y"],
                "doc": "x (T,D) rows routed to this expert, at most expert_max_tokens per call; the layer's result "
                       "is h_out + sum over the token's k experts of weight * y"},

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
-from cosmoe_edge.model.model import MoE, RMSNorm
+from cosmoe_edge.model.model import MoE, RMSNorm, shared_output
 
 
 def rms_norm(x, norm: RMSNorm):
@@ -60,7 +60,7 @@ class LayerProgram(nn.Module):
         self.rot = rotate_half(a.head_dim)  # stays fp32: not quantised (see `unquantised`)
         self.heads, self.kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
         moe: MoE = block.ffn
-        self.router, self.shared = moe.router, moe.shared
+        self.router, self.shared, self.shared_gate = moe.router, moe.shared, moe.shared_gate
 
     def forward(self, h, cos, sin, k_past, v_past, mask):
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
@@ -79,13 +79,14 @@ class LayerProgram(nn.Module):
         h = h + self.wo(y)
         x = rms_norm(h, self.ffn_norm)
         if self.shared is not None:
-            h = h + self.shared(x)
+            h = h + shared_output(self.shared, self.shared_gate, x)
         return h, x, self.router(x), k, v
 
     @property
     def unquantised(self) -> tuple[nn.Module, ...]:
-        """Linears that stay fp32: the router (routing decisions are sensitive) and rotate-half (exact)."""
-        return (self.router, self.rot)
+        """Linears that stay fp32: the router and the shared expert's gate (decisions and scales are
+        sensitive; one row each) and rotate-half (exact)."""
+        return (self.router, self.rot) + ((self.shared_gate,) if self.shared_gate is not None else ())
 
 
 class HeadProgram(nn.Module):

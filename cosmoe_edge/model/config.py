@@ -24,6 +24,10 @@ class ModelConfig:
     expert_kind: str = "swiglu"  # "swiglu" or "wd" (weight-decomposed, low-rank factors)
     wd_rank: int = 128  # rank r of each factored matrix when expert_kind == "wd"
     shared_expert_hidden: int = 0  # >0 adds an always-on SwiGLU expert of this width
+    shared_expert_gate: bool = False  # the shared expert's output times sigmoid(g . x) (Qwen2-MoE)
+    # the chosen experts' weights: their softmax probabilities renormalised over the top_k (Mixtral,
+    # CoSMoE), or False: the probabilities as they are (Qwen2-MoE, OLMoE)
+    router_renorm: bool = True
     # training losses (stored so a resumed run keeps them)
     lb_weight: float = 0.01  # per-sequence switch-style load balancing
     bles_weight: float = 0.0  # block-wise expert selection loss (CoSMoE)
@@ -45,6 +49,8 @@ class ModelConfig:
             raise ValueError(f"expert_kind must be 'swiglu' or 'wd', not {self.expert_kind!r}")
         if self.bles_form not in ("standardized", "softmax"):
             raise ValueError(f"bles_form must be 'standardized' or 'softmax', not {self.bles_form!r}")
+        if self.shared_expert_gate and not self.shared_expert_hidden:
+            raise ValueError("shared_expert_gate needs a shared expert (shared_expert_hidden > 0)")
         if self.ffn == "moe" and not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k {self.top_k} must be in 1..num_experts ({self.num_experts})")
 

@@ -18,8 +18,8 @@ def fail(msg: str, code: int = 2):
 @app.command(help="Import SOURCE, a transformers checkpoint folder (config.json, safetensors, tokenizer) or a "
                   ".gguf file (dequantised to fp32 by transformers), as a model.pt that edge-export, edge-run's "
                   "eager model and edge-convert read, and edge-export for MoE models. Supported: Llama (SmolLM2, "
-                  "Llama without RoPE scaling) and Qwen2 as dense models, Mixtral as an MoE; anything else is "
-                  "refused in one line. Nothing is downloaded: the files must be on disk.")
+                  "Llama without RoPE scaling) and Qwen2 as dense models, Mixtral and Qwen2-MoE as MoE models; "
+                  "anything else is refused in one line. Nothing is downloaded: the files must be on disk.")
 def main(
     source: Annotated[Path, typer.Argument(help="A transformers folder, a .gguf file, or a folder holding one.")],
     out: Annotated[Path, typer.Option(help="model.pt to write.")] = Path("model.pt"),

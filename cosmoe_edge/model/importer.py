@@ -5,7 +5,8 @@ onto CoSMoE's modules.
 Only architectures whose maths CoSMoE computes exactly are taken, each checked field by field, so an
 import is a renaming and nothing else: Llama (SmolLM2, Llama 2/3 without RoPE scaling: RMSNorm, GQA with
 rotate-half RoPE, SwiGLU) and Qwen2 (the same with biases on q, k, v) as dense models, Mixtral (the
-same layer with a softmax router whose top-k weights are renormalised, SwiGLU experts) as an MoE.
+same layer with a softmax router whose top-k weights are renormalised, SwiGLU experts) and Qwen2-MoE
+(top-k weights renormalised or not, a shared expert gated by a sigmoid) as MoE models.
 Anything else is refused in one line that names it.
 """
 
@@ -17,8 +18,7 @@ from cosmoe_edge.errors import CheckpointError
 from cosmoe_edge.model.config import ModelConfig
 
 # transformers model_type -> CoSMoE ffn (a GGUF names no class)
-ARCHITECTURES = {"llama": "dense", "qwen2": "dense", "mixtral": "moe"}
-QKV_BIAS = {"qwen2"}  # model types whose q, k, v projections always carry biases
+ARCHITECTURES = {"llama": "dense", "qwen2": "dense", "mixtral": "moe", "qwen2_moe": "moe"}
 DEFAULT_MAX_SEQ_LEN = 2048  # the KV cache's rows: a phone cannot hold 8k-128k positions for a 30-layer model
 
 
@@ -73,7 +73,7 @@ def model_config(hf, max_seq_len: int = 0) -> ModelConfig:
     kind = ARCHITECTURES.get(hf.model_type)
     if kind is None:
         raise CheckpointError(f"architecture {arch} (model_type {hf.model_type!r}) is not supported; edge-import "
-                              "reads Llama and Qwen2 (dense) and Mixtral (MoE)", "unsupported_architecture")
+                              "reads Llama and Qwen2 (dense), Mixtral and Qwen2-MoE (MoE)", "unsupported_architecture")
 
     def refuse(what: str):
         raise CheckpointError(f"{arch} with {what} is not supported (CoSMoE would not compute the same model)",
@@ -98,10 +98,20 @@ def model_config(hf, max_seq_len: int = 0) -> ModelConfig:
                   n_heads=hf.num_attention_heads, n_kv_heads=hf.num_key_value_heads,
                   max_seq_len=max_seq_len or min(allowed, DEFAULT_MAX_SEQ_LEN),
                   rope_theta=float(rope.get("rope_theta", 10000.0)), norm_eps=float(hf.rms_norm_eps),
-                  tie_embeddings=bool(hf.tie_word_embeddings), attn_bias=hf.model_type in QKV_BIAS,
+                  tie_embeddings=bool(hf.tie_word_embeddings),
+                  attn_bias=hf.model_type == "qwen2" or bool(getattr(hf, "qkv_bias", False)),
                   lb_weight=0.0, bles_weight=0.0)
     if kind == "dense":
         return ModelConfig(ffn="dense", dense_hidden=hf.intermediate_size, **common)
+    if hf.model_type == "qwen2_moe":
+        if hf.mlp_only_layers or hf.decoder_sparse_step != 1:
+            refuse("dense layers among the MoE layers (mlp_only_layers, decoder_sparse_step)")
+        # routing as Qwen2-MoE's: top-k of the softmax, renormalised only if norm_topk_prob; a shared
+        # expert, gated by sigmoid(g . x), beside the routed ones
+        return ModelConfig(ffn="moe", num_experts=hf.num_experts, top_k=hf.num_experts_per_tok,
+                           expert_hidden=hf.moe_intermediate_size, expert_kind="swiglu",
+                           shared_expert_hidden=hf.shared_expert_intermediate_size, shared_expert_gate=True,
+                           router_renorm=bool(hf.norm_topk_prob), **common)
     return ModelConfig(ffn="moe", num_experts=hf.num_local_experts, top_k=hf.num_experts_per_tok,
                        expert_hidden=hf.intermediate_size, expert_kind="swiglu", **common)
 
@@ -131,6 +141,10 @@ def state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
             out[q + f"ffn.experts.{e}.w1.weight"] = w1.contiguous()
             out[q + f"ffn.experts.{e}.w3.weight"] = w3.contiguous()
             out[q + f"ffn.experts.{e}.w2.weight"] = down[e].contiguous()
+        if cfg.shared_expert_hidden:
+            for ours, theirs in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+                out[q + f"ffn.shared.{ours}.weight"] = t(p + f"mlp.shared_expert.{theirs}.weight")
+            out[q + "ffn.shared_gate.weight"] = t(p + "mlp.shared_expert_gate.weight")
     return out
 
 

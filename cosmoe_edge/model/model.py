@@ -115,36 +115,43 @@ class Routing:
     logits: torch.Tensor  # (B, T, E) router logits
     probs: torch.Tensor  # (B, T, E) softmax over all experts
     experts: torch.Tensor  # (B, T, k) chosen expert ids
-    weights: torch.Tensor  # (B, T, k) renormalised over the chosen k
+    weights: torch.Tensor  # (B, T, k) the chosen experts' weights (renormalised over the k when router_renorm)
 
 
-def route(router_logits, top_k: int):
+def route(router_logits, top_k: int, renorm: bool = True):
     probs = router_logits.float().softmax(-1)
     weights, experts = probs.topk(top_k, dim=-1)
-    return probs, experts, weights / weights.sum(-1, keepdim=True)
+    return probs, experts, weights / weights.sum(-1, keepdim=True) if renorm else weights
+
+
+def shared_output(shared: nn.Module, gate: nn.Module | None, x):
+    """The always-on expert's contribution, scaled by sigmoid(g . x) when it has a gate (Qwen2-MoE)."""
+    y = shared(x)
+    return y if gate is None else torch.sigmoid(gate(x)) * y
 
 
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.top_k = cfg.top_k
+        self.top_k, self.renorm = cfg.top_k, cfg.router_renorm
         rank = cfg.wd_rank if cfg.expert_kind == "wd" else 0
         self.router = nn.Linear(cfg.dim, cfg.num_experts, bias=False)
         self.experts = nn.ModuleList(SwiGLU(cfg.dim, cfg.expert_hidden, rank) for _ in range(cfg.num_experts))
         self.shared = SwiGLU(cfg.dim, cfg.shared_expert_hidden) if cfg.shared_expert_hidden else None
+        self.shared_gate = nn.Linear(cfg.dim, 1, bias=False) if cfg.shared_expert_gate else None
 
     def forward(self, x):
         B, T, D = x.shape
         flat = x.reshape(B * T, D)
         logits = self.router(flat)
-        probs, experts, weights = route(logits, self.top_k)
+        probs, experts, weights = route(logits, self.top_k, self.renorm)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             tok, slot = (experts == e).nonzero(as_tuple=True)
             if tok.numel():
                 out.index_add_(0, tok, expert(flat[tok]) * weights[tok, slot, None].to(flat.dtype))
         if self.shared is not None:
-            out = out + self.shared(flat)
+            out = out + shared_output(self.shared, self.shared_gate, flat)
         routing = Routing(logits.view(B, T, -1), probs.view(B, T, -1), experts.view(B, T, -1), weights.view(B, T, -1))
         return out.view(B, T, D), routing
 

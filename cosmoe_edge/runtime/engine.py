@@ -32,6 +32,7 @@ class Engine:
         section = backend_section(m, backend)
         cfg = self.cfg = m["model"]
         self.top_k, self.n_layers = cfg["top_k"], cfg["n_layers"]
+        self.renorm = cfg.get("router_renorm", True)  # absent from manifests written before it existed
         self.max_seq_len = cfg["max_seq_len"]
         self.chunk = m["layer_max_tokens"]
         self.expert_chunk = m["expert_max_tokens"]
@@ -115,7 +116,7 @@ class Engine:
             k_past, v_past = self.kv.past(layer, p0)
             h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, k_past, v_past, mask])
             self.kv.write(layer, p0, k, v)
-            experts, weights = route(logits, self.top_k)
+            experts, weights = route(logits, self.top_k, self.renorm)
             self.routing.add(layer, p0, logits, experts, self.trace)
             self._prefetch_next(layer, x)
             h = h + self._experts(layer, x, experts, weights)

@@ -1,5 +1,6 @@
 """Routing as the manifest states it (calling_convention.router): softmax over the router logits,
-the top_k experts by probability (ties to the lower expert id), weights renormalised over the k.
+the top_k experts by probability (ties to the lower expert id), weights renormalised over the k
+unless the model's router_renorm is false (then the probabilities themselves).
 The Android core's Router follows the same rule (tests/conformance/generation.json route_cases)."""
 
 from dataclasses import dataclass, field
@@ -12,17 +13,17 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def route(logits: np.ndarray, top_k: int):
-    """Experts (T, k) by descending probability, and their weights renormalised over the k."""
+def route(logits: np.ndarray, top_k: int, renorm: bool = True):
+    """Experts (T, k) by descending probability, and their weights (renormalised over the k if renorm)."""
     if len(logits) == 1:  # decode: the same arithmetic on one row, without the batched gathers' cost
         probs = softmax(logits[0].astype(np.float32))
         experts = np.argsort(-probs, kind="stable")[:top_k]
         w = probs[experts]
-        return experts[None], (w / w.sum())[None]
+        return experts[None], (w / w.sum() if renorm else w)[None]
     probs = softmax(logits.astype(np.float32))
     experts = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
     w = np.take_along_axis(probs, experts, -1)
-    return experts, w / w.sum(-1, keepdims=True)
+    return experts, w / w.sum(-1, keepdims=True) if renorm else w
 
 
 @dataclass

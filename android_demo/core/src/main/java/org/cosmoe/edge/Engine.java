@@ -126,7 +126,7 @@ public final class Engine implements AutoCloseable {
             }
             kv.write(layer, p0, out[3], out[4]);
             float[] x = out[1].toArray();
-            Router.Routing r = Router.route(out[2].toArray(), cfg.numExperts, cfg.topK);
+            Router.Routing r = Router.route(out[2].toArray(), cfg.numExperts, cfg.topK, cfg.routerRenorm);
             routing.add(layer, p0, r.experts);
             prefetchNext(layer, x, n);
             float[] y = experts(layer, x, n, r);
@@ -228,7 +228,7 @@ public final class Engine implements AutoCloseable {
             }
         }
         TreeSet<Integer> guess = new TreeSet<>();
-        for (int[] row : Router.route(logits, numE, cfg.topK).experts) {
+        for (int[] row : Router.route(logits, numE, cfg.topK, cfg.routerRenorm).experts) {
             for (int e : row) {
                 guess.add(e);
             }

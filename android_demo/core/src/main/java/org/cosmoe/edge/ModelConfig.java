@@ -14,11 +14,14 @@ public final class ModelConfig {
     public final double ropeTheta;
     public final int numExperts;
     public final int topK;
+    /** The chosen experts' weights renormalised over the top_k (the manifest's model.router_renorm; absent: true). */
+    public final boolean routerRenorm;
     public final int layerMaxTokens;
     public final int expertMaxTokens;
 
     public ModelConfig(int vocabSize, int dim, int nLayers, int nHeads, int nKvHeads, int headDim, int maxSeqLen,
-                       double ropeTheta, int numExperts, int topK, int layerMaxTokens, int expertMaxTokens) {
+                       double ropeTheta, int numExperts, int topK, boolean routerRenorm, int layerMaxTokens,
+                       int expertMaxTokens) {
         this.vocabSize = vocabSize;
         this.dim = dim;
         this.nLayers = nLayers;
@@ -29,6 +32,7 @@ public final class ModelConfig {
         this.ropeTheta = ropeTheta;
         this.numExperts = numExperts;
         this.topK = topK;
+        this.routerRenorm = routerRenorm;
         this.layerMaxTokens = layerMaxTokens;
         this.expertMaxTokens = expertMaxTokens;
     }
@@ -40,6 +44,7 @@ public final class ModelConfig {
                 (int) Json.longValue(m, "n_kv_heads"), (int) Json.longValue(m, "head_dim"),
                 (int) Json.longValue(m, "max_seq_len"), Json.doubleValue(m, "rope_theta"),
                 (int) Json.longValue(m, "num_experts"), (int) Json.longValue(m, "top_k"),
+                !m.has("router_renorm") || m.get("router_renorm").getAsBoolean(),
                 (int) Json.longValue(manifest.json, "layer_max_tokens"),
                 (int) Json.longValue(manifest.json, "expert_max_tokens"));
     }

@@ -3,7 +3,7 @@ package org.cosmoe.edge;
 /**
  * engine.py route(): softmax over experts (float32, as numpy computes it), the top_k experts by
  * descending probability with ties to the lower expert id (a stable argsort), and their weights
- * renormalised over the k.
+ * renormalised over the k (or, for a model whose router_renorm is false, the probabilities themselves).
  */
 public final class Router {
     /** For T tokens: experts[t][j] and weights[t][j], j in 0..k-1. */
@@ -20,8 +20,13 @@ public final class Router {
     private Router() {
     }
 
-    /** {@code logits} is row-major (T, E). */
+    /** {@code logits} is row-major (T, E); weights renormalised over the k. */
     public static Routing route(float[] logits, int numExperts, int topK) {
+        return route(logits, numExperts, topK, true);
+    }
+
+    /** {@code logits} is row-major (T, E). */
+    public static Routing route(float[] logits, int numExperts, int topK, boolean renorm) {
         int tokens = logits.length / numExperts;
         int[][] experts = new int[tokens][];
         float[][] weights = new float[tokens][];
@@ -33,9 +38,11 @@ public final class Router {
             for (int j = 0; j < topK; j++) {
                 w[j] = probs[experts[t][j]];
             }
-            float sum = NumpySum.sum(w, 0, topK);
-            for (int j = 0; j < topK; j++) {
-                w[j] = w[j] / sum;
+            if (renorm) {
+                float sum = NumpySum.sum(w, 0, topK);
+                for (int j = 0; j < topK; j++) {
+                    w[j] = w[j] / sum;
+                }
             }
             weights[t] = w;
         }

@@ -20,7 +20,8 @@ public class ConformanceRoutingTest {
         int n = 0;
         for (JsonElement e : g.getAsJsonArray("route_cases")) {
             JsonObject c = e.getAsJsonObject();
-            Router.Routing r = Router.route(Conformance.floats(c.get("logits")), numExperts, topK);
+            boolean renorm = !c.has("renorm") || c.get("renorm").getAsBoolean();
+            Router.Routing r = Router.route(Conformance.floats(c.get("logits")), numExperts, topK, renorm);
             assertArrayEquals("experts, case " + n, Conformance.ints(c.get("experts")), r.experts[0]);
             assertArrayEquals("weights, case " + n, Conformance.floats(c.get("weights")), r.weights[0], 1e-6f);
             n++;
