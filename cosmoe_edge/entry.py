@@ -25,6 +25,10 @@ def edge_import():
     _launch("edge-import", "hf", ("torch", "transformers", "gguf", "accelerate"), "cosmoe_edge.model.import_cli")
 
 
+def edge_carve():
+    _launch("edge-carve", "train", ("torch", "lap"), "cosmoe_edge.model.carve_cli")
+
+
 def edge_export():
     _launch("edge-export", "export", ("torch", "executorch", "onnx", "onnxruntime"), "cosmoe_edge.export.cli")
 

@@ -43,7 +43,7 @@ from cosmoe_edge.runtime.engine import Engine
 from cosmoe_edge.runtime.generate import Sampler, generate
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import MANIFEST, backend_section, check_file, load_manifest
-from cosmoe_edge.runtime.routing import route
+from cosmoe_edge.runtime.routing import route, route_cmoe
 
 PROMPT = "The dictionary type is"
 NEW_TOKENS = 32
@@ -117,7 +117,8 @@ def traced_generation(artifact: Path, ids: list[int], eos: int, budget=None, pol
 
 def route_cases(steps: list[dict], num_experts: int, top_k: int) -> list[dict]:
     """route() on the first recorded logits, and on rows with ties (which go to the lower expert id); the
-    last rows also without renormalising (a model whose router_renorm is false)."""
+    last rows also without renormalising (a model whose router_renorm is false) and with CMoE's routing
+    (a selection bias that changes the choice, and weight scales)."""
     rows = [row for step in steps[:8] for row in step["router_logits"]]
     rows += [[1.0] * num_experts, [0.0, 2.0, 2.0] + [-1.0] * (num_experts - 3),
              [3.0] + [0.5] * (num_experts - 2) + [3.0]]
@@ -127,6 +128,12 @@ def route_cases(steps: list[dict], num_experts: int, top_k: int) -> list[dict]:
             experts, weights = route(np.asarray([row], dtype=np.float32), top_k, renorm)
             out.append({"logits": row, "experts": experts[0].tolist(), "weights": weights[0].tolist()}
                        | ({} if renorm else {"renorm": False}))
+    grid = np.linspace(-1.0, 1.0, num_experts, dtype=np.float32)
+    for row in rows[-4:]:
+        bias, scale = (0.3 * grid[::-1]).astype(np.float32), (2.0 * grid).astype(np.float32)
+        experts, weights = route_cmoe(np.abs(np.asarray([row], dtype=np.float32)), top_k, bias, scale)
+        out.append({"logits": np.abs(row).tolist(), "experts": experts[0].tolist(), "weights": weights[0].tolist(),
+                    "cmoe": {"bias": bias.tolist(), "scale": scale.tolist()}})
     return out
 
 

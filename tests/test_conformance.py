@@ -16,7 +16,7 @@ from cosmoe_edge.runtime.backends import check_pte_header
 from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
-from cosmoe_edge.runtime.routing import route
+from cosmoe_edge.runtime.routing import route, route_cmoe
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "tests" / "conformance"
@@ -86,6 +86,12 @@ def test_cache_budgets_follow_from_costs():
 def test_routing_replay():
     g = vectors("generation.json")
     for case in g["route_cases"]:
+        if "cmoe" in case:
+            bias, scale = (np.asarray(case["cmoe"][k], dtype=np.float32) for k in ("bias", "scale"))
+            experts, weights = route_cmoe(np.asarray([case["logits"]], dtype=np.float32), g["top_k"], bias, scale)
+            assert experts[0].tolist() == case["experts"]
+            np.testing.assert_allclose(weights[0], case["weights"], rtol=0, atol=1e-7)
+            continue
         renorm = case.get("renorm", True)
         experts, weights = route(np.asarray([case["logits"]], dtype=np.float32), g["top_k"], renorm)
         assert experts[0].tolist() == case["experts"]

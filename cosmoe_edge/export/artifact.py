@@ -39,7 +39,8 @@ CALLING_CONVENTION = {
                      "(T,n_kv_heads,head_dim) to store at rows pos0..pos0+T-1."},
     "router": "p = softmax(router_logits) in float32; the top_k experts by descending p, ties to the lower expert id "
               "(a stable sort); their weights p renormalised to sum 1 over the k, or, when model.router_renorm is "
-              "false, p as it is (absent: true)",
+              "false, p as it is (absent: true). With the manifest's routing.kind 'cmoe' (edge-carve): router_logits are "
+              "CMoE scores; the top_k of p + routing.selection_bias[layer], weighted 1 + routing.weight_scale[layer] * p",
     "expert": {"inputs": ["x"], "outputs": ["y"],
                "doc": "x (T,D) rows routed to this expert, at most expert_max_tokens per call; the layer's result "
                       "is h_out + sum over the token's k experts of weight * y"},
@@ -57,15 +58,18 @@ def write_shared(source, scheme: str, tmp: Path) -> dict:
     emb = quantize_embedding(source.tensor("tok_emb.weight"), scheme)
     save_file(emb, str(tmp / "embedding.safetensors"))
     del emb
-    routers = {f"layer_{i}": source.tensor(f"layers.{i}.ffn.router.weight").numpy()
-               for i in range(source.cfg.n_layers)}
+    out = {"tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(source.tokenizer, source.meta)),
+           "embedding": file_entry(tmp, tmp / "embedding.safetensors",
+                                   scheme="fp32" if scheme == "fp32" else "int8-per-row")}
+    L = range(source.cfg.n_layers)
+    if source.cfg.router_kind == "cmoe":  # the routing's own vectors; no linear router to guess ahead with
+        vec = lambda i, name: source.tensor(f"layers.{i}.ffn.router.{name}").tolist()  # noqa: E731
+        return out | {"routing": {"kind": "cmoe", "selection_bias": [vec(i, "selection_bias") for i in L],
+                                  "weight_scale": [vec(i, "weight_scale") for i in L]}}
+    routers = {f"layer_{i}": source.tensor(f"layers.{i}.ffn.router.weight").numpy() for i in L}
     save_file(routers, str(tmp / "routers.safetensors"))
-    return {
-        "tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(source.tokenizer, source.meta)),
-        "embedding": file_entry(tmp, tmp / "embedding.safetensors", scheme="fp32" if scheme == "fp32" else "int8-per-row"),
-        "routers": file_entry(tmp, tmp / "routers.safetensors",
-                              doc="fp32 router weights (E,D) per layer, for the runtime's prefetch guess"),
-    }
+    return out | {"routers": file_entry(tmp, tmp / "routers.safetensors",
+                                        doc="fp32 router weights (E,D) per layer, for the runtime's prefetch guess")}
 
 
 def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, backends: list[str], jobs: int,

@@ -41,6 +41,8 @@ def check_convertible(cfg):
     if cfg.expert_kind != "swiglu":
         raise ExportError("weight-decomposed (wd) experts have no Mixtral form; convert a swiglu-expert model",
                           "not_convertible")
+    if cfg.router_kind != "softmax":
+        raise ExportError("a CMoE-carved model's router has no Mixtral form", "not_convertible")
     if cfg.shared_expert_hidden:
         raise ExportError("a shared expert has no Mixtral form (Qwen2-MoE has one, but not its routing)",
                           "not_convertible")

@@ -86,7 +86,8 @@ class LayerProgram(nn.Module):
     def unquantised(self) -> tuple[nn.Module, ...]:
         """Linears that stay fp32: the router and the shared expert's gate (decisions and scales are
         sensitive; one row each) and rotate-half (exact)."""
-        return (self.router, self.rot) + ((self.shared_gate,) if self.shared_gate is not None else ())
+        routers = tuple(m for m in self.router.modules() if isinstance(m, nn.Linear))  # a CMoE router has two
+        return routers + (self.rot,) + ((self.shared_gate,) if self.shared_gate is not None else ())
 
 
 class HeadProgram(nn.Module):

@@ -28,6 +28,9 @@ class ModelConfig:
     # the chosen experts' weights: their softmax probabilities renormalised over the top_k (Mixtral,
     # CoSMoE), or False: the probabilities as they are (Qwen2-MoE, OLMoE)
     router_renorm: bool = True
+    # "softmax": a linear router, top-k of its softmax; "cmoe": CMoE's training-free router (edge-carve),
+    # scores from each expert's representative neuron, weights 1 + weight_scale * p (model.CMoERouter)
+    router_kind: str = "softmax"
     # training losses (stored so a resumed run keeps them)
     lb_weight: float = 0.01  # per-sequence switch-style load balancing
     bles_weight: float = 0.0  # block-wise expert selection loss (CoSMoE)
@@ -49,6 +52,8 @@ class ModelConfig:
             raise ValueError(f"expert_kind must be 'swiglu' or 'wd', not {self.expert_kind!r}")
         if self.bles_form not in ("standardized", "softmax"):
             raise ValueError(f"bles_form must be 'standardized' or 'softmax', not {self.bles_form!r}")
+        if self.router_kind not in ("softmax", "cmoe"):
+            raise ValueError(f"router_kind must be 'softmax' or 'cmoe', not {self.router_kind!r}")
         if self.shared_expert_gate and not self.shared_expert_hidden:
             raise ValueError("shared_expert_gate needs a shared expert (shared_expert_hidden > 0)")
         if self.ffn == "moe" and not 1 <= self.top_k <= self.num_experts:

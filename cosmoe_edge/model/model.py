@@ -130,12 +130,37 @@ def shared_output(shared: nn.Module, gate: nn.Module | None, x):
     return y if gate is None else torch.sigmoid(gate(x)) * y
 
 
+class CMoERouter(nn.Module):
+    """CMoE's training-free router (Pei et al., arXiv 2502.04416): per routed expert, its representative
+    neuron's up and gate rows, L2-normalised (classifier, gate); score_e = |(c_e . x) * silu(g_e . x)|.
+    Routing reads p = softmax(scores): the top-k of p + selection_bias (a balance bias, moved only by
+    fine-tuning), weighted 1 + weight_scale * p (weight_scale learnable, 0 when carved)."""
+
+    def __init__(self, dim: int, n: int):
+        super().__init__()
+        self.classifier = nn.Linear(dim, n, bias=False)
+        self.gate = nn.Linear(dim, n, bias=False)
+        self.weight_scale = nn.Parameter(torch.zeros(n))
+        self.register_buffer("selection_bias", torch.zeros(n))
+
+    def forward(self, x):
+        return (self.classifier(x) * F.silu(self.gate(x))).abs()
+
+
+def route_cmoe(scores, top_k: int, bias, scale):
+    probs = scores.float().softmax(-1)
+    experts = (probs + bias).topk(top_k, dim=-1).indices
+    return probs, experts, 1 + probs.gather(-1, experts) * scale[experts]
+
+
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.top_k, self.renorm = cfg.top_k, cfg.router_renorm
         rank = cfg.wd_rank if cfg.expert_kind == "wd" else 0
-        self.router = nn.Linear(cfg.dim, cfg.num_experts, bias=False)
+        self.cmoe = cfg.router_kind == "cmoe"
+        self.router = CMoERouter(cfg.dim, cfg.num_experts) if self.cmoe else nn.Linear(cfg.dim, cfg.num_experts,
+                                                                                      bias=False)
         self.experts = nn.ModuleList(SwiGLU(cfg.dim, cfg.expert_hidden, rank) for _ in range(cfg.num_experts))
         self.shared = SwiGLU(cfg.dim, cfg.shared_expert_hidden) if cfg.shared_expert_hidden else None
         self.shared_gate = nn.Linear(cfg.dim, 1, bias=False) if cfg.shared_expert_gate else None
@@ -144,7 +169,11 @@ class MoE(nn.Module):
         B, T, D = x.shape
         flat = x.reshape(B * T, D)
         logits = self.router(flat)
-        probs, experts, weights = route(logits, self.top_k, self.renorm)
+        if self.cmoe:
+            probs, experts, weights = route_cmoe(logits, self.top_k, self.router.selection_bias,
+                                                 self.router.weight_scale)
+        else:
+            probs, experts, weights = route(logits, self.top_k, self.renorm)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             tok, slot = (experts == e).nonzero(as_tuple=True)

@@ -18,7 +18,7 @@ from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.policies import DEFAULT
-from cosmoe_edge.runtime.routing import RoutingLog, route
+from cosmoe_edge.runtime.routing import RoutingLog, route, route_cmoe
 from cosmoe_edge.runtime.store import ExpertStore
 
 
@@ -33,6 +33,13 @@ class Engine:
         cfg = self.cfg = m["model"]
         self.top_k, self.n_layers = cfg["top_k"], cfg["n_layers"]
         self.renorm = cfg.get("router_renorm", True)  # absent from manifests written before it existed
+        spec = m.get("routing", {"kind": "softmax"})
+        self.cmoe = spec["kind"] == "cmoe"
+        if self.cmoe:
+            self.bias = np.asarray(spec["selection_bias"], dtype=np.float32)
+            self.scale = np.asarray(spec["weight_scale"], dtype=np.float32)
+            if prefetch:
+                raise RequestError("prefetch guesses with a linear router; this model's router is CMoE's (edge-carve)")
         self.max_seq_len = cfg["max_seq_len"]
         self.chunk = m["layer_max_tokens"]
         self.expert_chunk = m["expert_max_tokens"]
@@ -116,7 +123,10 @@ class Engine:
             k_past, v_past = self.kv.past(layer, p0)
             h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, k_past, v_past, mask])
             self.kv.write(layer, p0, k, v)
-            experts, weights = route(logits, self.top_k, self.renorm)
+            if self.cmoe:
+                experts, weights = route_cmoe(logits, self.top_k, self.bias[layer], self.scale[layer])
+            else:
+                experts, weights = route(logits, self.top_k, self.renorm)
             self.routing.add(layer, p0, logits, experts, self.trace)
             self._prefetch_next(layer, x)
             h = h + self._experts(layer, x, experts, weights)

@@ -26,6 +26,14 @@ def route(logits: np.ndarray, top_k: int, renorm: bool = True):
     return experts, w / w.sum(-1, keepdims=True) if renorm else w
 
 
+def route_cmoe(scores: np.ndarray, top_k: int, bias: np.ndarray, scale: np.ndarray):
+    """CMoE's routing (manifest routing.kind "cmoe"): p = softmax(scores); the top_k of p + bias (ties to
+    the lower expert id), weighted 1 + scale * p."""
+    probs = softmax(scores.astype(np.float32))
+    experts = np.argsort(-(probs + bias), axis=-1, kind="stable")[:, :top_k]
+    return experts, 1 + np.take_along_axis(probs, experts, -1) * scale[experts]
+
+
 @dataclass
 class RoutingLog:
     """Per layer, the expert sets of consecutive tokens, for the switch rate; with `trace`, every

@@ -126,7 +126,7 @@ public final class Engine implements AutoCloseable {
             }
             kv.write(layer, p0, out[3], out[4]);
             float[] x = out[1].toArray();
-            Router.Routing r = Router.route(out[2].toArray(), cfg.numExperts, cfg.topK, cfg.routerRenorm);
+            Router.Routing r = cfg.route(layer, out[2].toArray());
             routing.add(layer, p0, r.experts);
             prefetchNext(layer, x, n);
             float[] y = experts(layer, x, n, r);

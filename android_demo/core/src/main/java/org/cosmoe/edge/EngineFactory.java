@@ -24,6 +24,9 @@ public final class EngineFactory {
         JsonObject section = m.backendSection(o.backend);
         ModelConfig cfg = ModelConfig.of(m);
         Embedding embedding = Embedding.load(m.checkFile(m.entry("embedding"), o.verify));
+        if (o.prefetch && cfg.cmoe()) {
+            throw new ArtifactException("prefetch guesses with a linear router; this model's router is CMoE's");
+        }
         float[][] routers = o.prefetch ? routers(m, cfg, o.verify) : null;
         CachePolicy policy = CachePolicy.named(o.cachePolicy, cfg.nLayers, cfg.numExperts);
 

@@ -49,6 +49,32 @@ public final class Router {
         return new Routing(experts, weights);
     }
 
+    /**
+     * routing.py route_cmoe(): p = softmax(scores); the top_k of p + bias (ties to the lower expert id),
+     * weighted 1 + scale * p. {@code scores} is row-major (T, E).
+     */
+    public static Routing routeCmoe(float[] scores, int numExperts, int topK, float[] bias, float[] scale) {
+        int tokens = scores.length / numExperts;
+        int[][] experts = new int[tokens][];
+        float[][] weights = new float[tokens][];
+        float[] probs = new float[numExperts];
+        float[] biased = new float[numExperts];
+        for (int t = 0; t < tokens; t++) {
+            softmax(scores, t * numExperts, numExperts, probs);
+            for (int e = 0; e < numExperts; e++) {
+                biased[e] = probs[e] + bias[e];
+            }
+            experts[t] = topK(biased, topK);
+            float[] w = new float[topK];
+            for (int j = 0; j < topK; j++) {
+                int e = experts[t][j];
+                w[j] = 1f + probs[e] * scale[e];
+            }
+            weights[t] = w;
+        }
+        return new Routing(experts, weights);
+    }
+
     static void softmax(float[] x, int off, int n, float[] out) {
         float max = Float.NEGATIVE_INFINITY;
         for (int i = 0; i < n; i++) {

@@ -21,7 +21,11 @@ public class ConformanceRoutingTest {
         for (JsonElement e : g.getAsJsonArray("route_cases")) {
             JsonObject c = e.getAsJsonObject();
             boolean renorm = !c.has("renorm") || c.get("renorm").getAsBoolean();
-            Router.Routing r = Router.route(Conformance.floats(c.get("logits")), numExperts, topK, renorm);
+            Router.Routing r = c.has("cmoe")
+                    ? Router.routeCmoe(Conformance.floats(c.get("logits")), numExperts, topK,
+                            Conformance.floats(c.getAsJsonObject("cmoe").get("bias")),
+                            Conformance.floats(c.getAsJsonObject("cmoe").get("scale")))
+                    : Router.route(Conformance.floats(c.get("logits")), numExperts, topK, renorm);
             assertArrayEquals("experts, case " + n, Conformance.ints(c.get("experts")), r.experts[0]);
             assertArrayEquals("weights, case " + n, Conformance.floats(c.get("weights")), r.weights[0], 1e-6f);
             n++;

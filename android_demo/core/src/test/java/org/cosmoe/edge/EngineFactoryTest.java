@@ -47,6 +47,30 @@ public class EngineFactoryTest {
     }
 
     @Test
+    public void cmoeRoutingIsReadFromTheManifestAndRefusesPrefetch() throws IOException {
+        com.google.gson.JsonObject routing = new com.google.gson.JsonObject();
+        routing.addProperty("kind", "cmoe");
+        routing.add("selection_bias", new com.google.gson.Gson().toJsonTree(new float[][] {{0f, 0f, 0f, 0.5f},
+                {0f, 0f, 0f, 0f}}));
+        routing.add("weight_scale", new com.google.gson.Gson().toJsonTree(new float[][] {{1f, 1f, 1f, 1f},
+                {0f, 0f, 0f, 0f}}));
+        a.routing = routing;
+        File root = a.write(tmp.newFolder());
+        ModelConfig cfg = ModelConfig.of(Manifest.load(root));
+        assertTrue(cfg.cmoe());
+        float[] scores = {3f, 2f, 1f, 0f};
+        Router.Routing r0 = cfg.route(0, scores);  // layer 0's bias lifts expert 3 over expert 1
+        assertEquals(Arrays.asList(0, 3), Arrays.asList(r0.experts[0][0], r0.experts[0][1]));
+        Router.Routing plain = Router.route(scores, 4, 2, false);
+        assertEquals(1f + plain.weights[0][0], r0.weights[0][0], 1e-6f);  // 1 + scale * p
+        assertEquals(1f, cfg.route(1, scores).weights[0][1], 0f);  // scale 0: weight 1
+        EngineOptions o = new EngineOptions();
+        o.prefetch = true;
+        expectKind("artifact", root, o, "prefetch guesses with a linear router; this model's router is CMoE's");
+        open(root, new EngineOptions(), new RecordedPrograms(new SyntheticScript(a), a)).close();
+    }
+
+    @Test
     public void budgetBelowTheLargestTopKIsRefused() throws IOException {
         File root = a.write(tmp.newFolder());
         EngineOptions o = new EngineOptions();

@@ -33,6 +33,8 @@ final class TestArtifact {
     int expertMaxTokens = 32;
     String tokenizerJson = "{}";
     Integer eosId = null;
+    /** The manifest's "routing" (a CMoE-carved model's), or null for the softmax router. */
+    JsonObject routing = null;
     /** resident_bytes per (layer, expert); missing: 1000. */
     final Map<ExpertKey, Long> costs = new LinkedHashMap<>();
 
@@ -52,6 +54,9 @@ final class TestArtifact {
         model.addProperty("num_experts", numExperts);
         model.addProperty("top_k", topK);
         manifest.add("model", model);
+        if (routing != null) {
+            manifest.add("routing", routing);
+        }
         JsonObject quant = new JsonObject();
         quant.addProperty("scheme", "fp32");
         manifest.add("quant", quant);

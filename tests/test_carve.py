@@ -1,0 +1,100 @@
+"""edge-carve (CMoE): a dense model's FFN neurons regrouped into experts, exactly, with a training-free router
+that the export and both runtimes follow."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cosmoe_edge.errors import CheckpointError, RequestError
+from cosmoe_edge.model.carve import carve
+from cosmoe_edge.model.checkpoint import load_model, save_checkpoint
+from cosmoe_edge.model.model import CMoERouter, CoSMoE, route_cmoe
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "cosmoe_edge.model.carve_cli"]
+
+
+def dense_model(**kw) -> CoSMoE:
+    torch.manual_seed(0)
+    return CoSMoE(tiny_config(ffn="dense", dense_hidden=96, **kw)).eval()
+
+
+@torch.no_grad()
+def test_carving_regroups_every_neuron_once_and_all_experts_give_the_dense_ffn():
+    dense = dense_model()
+    carved = copy.deepcopy(dense)
+    cfg, facts = carve(carved, torch.randint(0, 512, (4, 64)), experts=4, shared=1, active=1)
+    assert (cfg.num_experts, cfg.top_k, cfg.expert_hidden, cfg.shared_expert_hidden) == (3, 1, 24, 24)
+    assert len(facts) == cfg.n_layers
+    for d, c in zip(dense.layers, carved.layers, strict=True):
+        rows = [tuple(r.tolist()) for r in d.ffn.w1.weight]
+        parts = [c.ffn.shared, *c.ffn.experts]
+        assert all(p.w1.weight.shape[0] == 24 for p in parts)  # exactly m neurons each
+        where = [rows.index(tuple(r.tolist())) for p in parts for r in p.w1.weight]
+        assert sorted(where) == list(range(96))  # every neuron in exactly one expert
+        for p in parts:  # a neuron keeps its own up row and down column
+            ids = [rows.index(tuple(r.tolist())) for r in p.w1.weight]
+            assert torch.equal(p.w3.weight, d.ffn.w3.weight[ids]) and torch.equal(p.w2.weight, d.ffn.w2.weight[:, ids])
+        c.ffn.top_k = cfg.num_experts  # every routed expert, each with weight 1 (weight_scale is 0)
+    x = torch.randint(0, 512, (2, 40))
+    assert (carved(x)[0] - dense(x)[0]).abs().max().item() <= 1e-5
+
+
+@torch.no_grad()
+def test_router_score_and_routing_by_hand():
+    router = CMoERouter(2, 3)
+    router.classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+    router.gate.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.8, -0.6]]))
+    x = torch.tensor([[2.0, -1.0]])
+    # |(c . x) * silu(g . x)|: expert 0: |2 * silu(-1)|, expert 1: |-1 * silu(2)|, expert 2: |0.4 * silu(2.2)|
+    want = torch.tensor([[abs(2 * F.silu(torch.tensor(-1.0)).item()), abs(-F.silu(torch.tensor(2.0)).item()),
+                          abs(0.4 * F.silu(torch.tensor(2.2)).item())]])
+    assert torch.allclose(router(x), want)
+    probs, experts, weights = route_cmoe(want, 1, torch.zeros(3), torch.zeros(3))
+    assert experts.tolist() == [[1]] and weights.tolist() == [[1.0]]  # silu(2) * 1 is the largest score
+    probs, experts, weights = route_cmoe(want, 1, torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 0.5]))
+    assert experts.tolist() == [[2]]  # the selection bias decides ...
+    assert torch.allclose(weights, 1 + 0.5 * probs[:, 2:])  # ... the weight stays 1 + scale * p
+
+
+def test_carved_model_exports_and_runs_as_its_eager_form(tmp_path, tiny_model):
+    from cosmoe_edge.export.artifact import export_artifact
+
+    tokenizer_json = torch.load(tiny_model, weights_only=True)["tokenizer"]
+    save_checkpoint(tmp_path / "dense.pt", dense_model(), tokenizer_json, {})
+    r = subprocess.run([*CLI, tmp_path / "dense.pt", "--experts", "4", "--shared", "1", "--active", "2",
+                        "--calib-tokens", "512", "--out", tmp_path / "carved.pt"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model, _, ckpt = load_model(tmp_path / "carved.pt")
+    assert model.cfg.router_kind == "cmoe" and ckpt["meta"]["carve"]["active_ffn_share"] == 0.75
+    # fp32: the runtime's greedy tokens identical to the eager carved model's, logits within 1e-3
+    m = export_artifact(tmp_path / "carved.pt", tmp_path / "art", "fp32", 32, ["executorch", "onnx"], jobs=2,
+                        verify=True)
+    assert m["routing"]["kind"] == "cmoe" and "routers" not in m
+    assert all(m["verification"][b]["passed"] for b in ("executorch", "onnx")), m["verification"]
+
+
+def test_refusals_are_one_clear_line(tmp_path, tiny_model):
+    cfg_dense = dense_model().cfg
+    for args, message in (((5, 0, 1), "--experts 5 must be >= 2 and divide the FFN width 96"),
+                          ((4, 4, 1), "--shared 4 must be in 0..3"), ((4, 1, 4), "--active 4 must be in 1..3")):
+        with pytest.raises(RequestError, match=message):
+            carve(CoSMoE(cfg_dense), torch.zeros(1, 8, dtype=torch.long), *args)
+    with pytest.raises(CheckpointError, match="already an MoE"):
+        carve(CoSMoE(tiny_config()), torch.zeros(1, 8, dtype=torch.long), 4, 1, 1)
+    (tmp_path / "taken.pt").write_bytes(b"x")
+    for args, message in (((tiny_model,), "already an MoE"), ((tiny_model, "--experts", "5"), "already an MoE"),
+                          ((tmp_path / "none.pt",), "not found"),
+                          ((tiny_model, "--out", tmp_path / "taken.pt"), "pass --force")):
+        r = subprocess.run([*CLI, *map(str, args), *(() if "--out" in args else ("--out", tmp_path / "o.pt"))],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+        assert not (tmp_path / "o.pt").exists()
