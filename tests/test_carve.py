@@ -2,6 +2,7 @@
 that the export and both runtimes follow."""
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,6 @@ def test_router_score_and_routing_by_hand():
 
 
 def test_carved_model_exports_and_runs_as_its_eager_form(tmp_path, tiny_model):
-    from cosmoe_edge.export.artifact import export_artifact
-
     tokenizer_json = torch.load(tiny_model, weights_only=True)["tokenizer"]
     save_checkpoint(tmp_path / "dense.pt", dense_model(), tokenizer_json, {})
     r = subprocess.run([*CLI, tmp_path / "dense.pt", "--experts", "4", "--shared", "1", "--active", "2",
@@ -75,8 +74,10 @@ def test_carved_model_exports_and_runs_as_its_eager_form(tmp_path, tiny_model):
     model, _, ckpt = load_model(tmp_path / "carved.pt")
     assert model.cfg.router_kind == "cmoe" and ckpt["meta"]["carve"]["active_ffn_share"] == 0.75
     # fp32: the runtime's greedy tokens identical to the eager carved model's, logits within 1e-3
-    m = export_artifact(tmp_path / "carved.pt", tmp_path / "art", "fp32", 32, ["executorch", "onnx"], jobs=2,
-                        verify=True)
+    r = subprocess.run([sys.executable, "-m", "cosmoe_edge.export.cli", tmp_path / "carved.pt", "--quant", "fp32",
+                        "--out", tmp_path / "art"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert m["routing"]["kind"] == "cmoe" and "routers" not in m
     assert all(m["verification"][b]["passed"] for b in ("executorch", "onnx")), m["verification"]
 

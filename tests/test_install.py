@@ -53,7 +53,8 @@ def test_onnx_extra_installs_no_torch_and_runs_an_artifact(onnx_venv, int4_artif
 
 
 @pytest.mark.parametrize("cmd,extra", [
-    (["edge-export", "model.pt"], "export"), (["edge-train"], "train"), (["edge-bench", "artifact"], "bench"),
+    (["edge-export", "model.pt"], "export"), (["edge-train"], "train"), (["edge-carve", "model.pt"], "train"),
+    (["edge-bench", "artifact"], "bench"),
     (["edge-convert", "model.pt", "--out", "x"], "hf"), (["edge-import", "model"], "hf"),
     (["edge-run", "ARTIFACT", "--prompt", "x", "--backend", "executorch"], "executorch"),
 ])
