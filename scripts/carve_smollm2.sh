@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# CMoE on a real model (docs/CARVING.md): SmolLM2-135M imported (scripts/smollm2_import.sh), carved
+# training-free at 25%, 50% and 75% of each FFN active, each scored against the dense model on the same
+# held-out windows (scripts/carve_eval.py); then the 50% model exported (int4, whose verification fails on
+# this model, and int8) and run lazily at half of its experts' bytes, against the dense model in the eager
+# runtime. Writes docs/bench/carving/*.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=runs/smollm2
+OUT=docs/bench/carving
+mkdir -p "$OUT"
+[ -f "$D/smollm2.pt" ] || scripts/smollm2_import.sh
+for sae in "1 1 8" "2 2 8" "2 4 8"; do
+  set -- $sae
+  .venv/bin/edge-carve "$D/smollm2.pt" --shared "$1" --active "$2" --experts "$3" --out "$D/s$1a$2e$3.pt" --force
+done
+.venv/bin/python scripts/carve_eval.py "$D/smollm2.pt" "$D/s1a1e8.pt" "$D/s2a2e8.pt" "$D/s2a4e8.pt" | tee "$OUT/quality.jsonl"
+for q in int4 int8; do  # a verification that misses its goal still writes the artifact, and exits 3
+  .venv/bin/edge-export "$D/s2a2e8.pt" --quant $q --out "$D/s2a2e8-$q" --force > "$OUT/export-$q.txt" || [ $? = 3 ]
+  .venv/bin/python -c "import json, sys; m = json.load(open(sys.argv[1])); \
+json.dump({k: m.get(k) for k in ('quant', 'verification', 'export_seconds')}, open(sys.argv[2], 'w'), indent=1)" \
+    "$D/s2a2e8-$q/manifest.json" "$OUT/export-$q.json"
+done
+PROMPT="The capital of France is"
+for b in executorch onnx; do
+  .venv/bin/edge-run "$D/s2a2e8-int8" --backend "$b" --memory-budget 50% --prompt "$PROMPT" --max-new-tokens 64 \
+    --report "$OUT/run-$b-50.json" > /dev/null
+done
+.venv/bin/python -m cosmoe_edge.bench.eager "$D/smollm2.pt" --prompt "$PROMPT" --max-new-tokens 64 --report "$OUT/dense-eager.json"
