@@ -68,17 +68,22 @@ def test_carved_model_exports_and_runs_as_its_eager_form(tmp_path, tiny_model):
     tokenizer_json = torch.load(tiny_model, weights_only=True)["tokenizer"]
     save_checkpoint(tmp_path / "dense.pt", dense_model(), tokenizer_json, {})
     r = subprocess.run([*CLI, tmp_path / "dense.pt", "--experts", "4", "--shared", "1", "--active", "2",
-                        "--calib-tokens", "512", "--out", tmp_path / "carved.pt"], capture_output=True, text=True,
-                       timeout=300)
+                        "--calib-tokens", "512", "--finetune-minutes", "0.05", "--finetune-lr", "0.05",
+                        "--out", tmp_path / "carved.pt"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     model, _, ckpt = load_model(tmp_path / "carved.pt")
     assert model.cfg.router_kind == "cmoe" and ckpt["meta"]["carve"]["active_ffn_share"] == 0.75
+    # the light fine-tune moved the weight scales and the balance bias, so the runtimes below apply both
+    assert ckpt["meta"]["finetune"]["steps"] > 0
+    routers = [layer.ffn.router for layer in model.layers]
+    assert all(r.weight_scale.abs().max() > 0 and r.selection_bias.abs().max() > 0 for r in routers)
     # fp32: the runtime's greedy tokens identical to the eager carved model's, logits within 1e-3
     r = subprocess.run([sys.executable, "-m", "cosmoe_edge.export.cli", tmp_path / "carved.pt", "--quant", "fp32",
                         "--out", tmp_path / "art"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert m["routing"]["kind"] == "cmoe" and "routers" not in m
+    assert m["routing"]["weight_scale"][0] == routers[0].weight_scale.tolist()
     assert all(m["verification"][b]["passed"] for b in ("executorch", "onnx")), m["verification"]
 
 

@@ -125,3 +125,50 @@ def carve(model, calib: torch.Tensor, experts: int, shared: int, active: int, k_
             progress(i + 1, len(model.layers))
     model.cfg = cfg
     return cfg, facts
+
+
+def finetune(model, stream: torch.Tensor, minutes: float, lr: float = 1e-3, batch: int = 4, seq_len: int = 256,
+             gamma: float = 1e-3, seed: int = 0, progress=None) -> dict:
+    """CMoE's light fine-tune, bounded by wall time: only the routers (classifier, gate, weight_scale) and
+    the norms train, on the LM loss over random windows of `stream`; after each step every layer's
+    selection bias moves by gamma towards balance (down for experts above the mean load, up below), as
+    the official code's update_bias does. The experts and attention stay as carved."""
+    from cosmoe_edge.model.data import random_batch
+
+    seq_len = min(seq_len, model.cfg.max_seq_len)
+    if seq_len + 1 >= len(stream):
+        raise RequestError(f"the fine-tuning text holds {len(stream)} tokens, fewer than one window of {seq_len}")
+    names = [n for n, _ in model.named_parameters()]
+    train = {n for n in names if ".ffn.router." in n or n.endswith("norm.weight")}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in train)
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if n in train], lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    deadline = time.perf_counter() + 60 * minutes
+    losses, steps, t0 = [], 0, time.perf_counter()
+    model.train()
+    with torch.enable_grad():
+        while time.perf_counter() < deadline:
+            x, y = random_batch(stream, batch, seq_len, gen)
+            logits, routings = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for layer, r in zip(model.layers, routings, strict=True):
+                    counts = torch.bincount(r.experts.flatten(), minlength=r.probs.shape[-1]).float()
+                    bias = layer.ffn.router.selection_bias
+                    bias -= gamma * (counts > counts.mean()).float()
+                    bias += gamma * (counts < counts.mean()).float()
+            losses.append(loss.item())
+            steps += 1
+            if progress:
+                progress(min(1.0, (time.perf_counter() - t0) / (60 * minutes)), loss.item())
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {"minutes": minutes, "steps": steps, "tokens": steps * batch * seq_len, "lr": lr, "gamma": gamma,
+            "seconds": round(time.perf_counter() - t0, 1), "trained": sorted({n.split(".", 2)[-1] for n in train}),
+            "loss_first": round(losses[0], 4) if losses else None,
+            "loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 4) if losses else None}

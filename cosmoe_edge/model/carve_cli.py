@@ -54,13 +54,18 @@ def main(
                                                     "training documents).")] = None,
     calib_tokens: Annotated[int, typer.Option(help="Calibration tokens, in windows of 512.")] = 4096,
     k_act: Annotated[int, typer.Option(help="Neurons each calibration token marks as active (the paper's K_a).")] = 10,
+    finetune_minutes: Annotated[float, typer.Option(help="Then fine-tune the routers (rows and weight scales) and "
+                                                         "the norms on the corpus's training documents for this "
+                                                         "many minutes of wall time, the selection bias stepped "
+                                                         "towards balance (CMoE's light fine-tune); 0: none.")] = 0.0,
+    finetune_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tune (AdamW).")] = 1e-3,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
 ):
     import torch
     from rich.progress import Progress
 
     from cosmoe_edge.errors import EdgeError
-    from cosmoe_edge.model.carve import carve, check_shape
+    from cosmoe_edge.model.carve import carve, check_shape, finetune
     from cosmoe_edge.model.checkpoint import load_model, save_checkpoint
     from cosmoe_edge.model.model import format_summary, param_summary
     from cosmoe_edge.model.tokenizer import eos_id
@@ -71,6 +76,8 @@ def main(
         fail(f"calibration file not found: {calib}")
     if calib_tokens < 1:
         fail("--calib-tokens must be positive")
+    if finetune_minutes < 0 or finetune_lr <= 0:
+        fail("--finetune-minutes must be >= 0 and --finetune-lr positive")
     t0 = time.perf_counter()
     try:
         dense, tok, ckpt = load_model(model)
@@ -84,7 +91,17 @@ def main(
             cfg, facts = carve(dense, x, experts, shared, active, k_act,
                                progress=lambda done, total: bar.update(task, completed=done))
         seconds = round(time.perf_counter() - t0, 1)
-        meta = ckpt["meta"] | {"carved_from": model.name, "carve": {
+        tuned = None
+        if finetune_minutes > 0:
+            from cosmoe_edge.model.data import encode_stream, find_corpus, read_documents, split_documents
+
+            stream = encode_stream(tok, split_documents(read_documents(find_corpus()))[0], eos_id(tok, ckpt["meta"]))
+            with Progress(transient=True) as bar:
+                task = bar.add_task(f"fine-tuning for {finetune_minutes:g} min", total=1.0)
+                tuned = finetune(dense, stream, finetune_minutes, lr=finetune_lr,
+                                 progress=lambda done, loss: bar.update(task, completed=done,
+                                                                        description=f"fine-tuning, loss {loss:.3f}"))
+        meta = ckpt["meta"] | {"carved_from": model.name, "finetune": tuned, "carve": {
             "experts": experts, "shared": shared, "active": active, "k_act": k_act,
             "calibration": str(calib) if calib else "corpus training documents", "calibration_tokens": x.numel(),
             "active_ffn_share": (shared + active) / experts, "seconds": seconds, "layers": facts}}
@@ -95,7 +112,9 @@ def main(
         fail(f"cannot read or write {e.filename or out}: {e.strerror or e}")
     print(format_summary(cfg, param_summary(dense)))
     print(f"wrote {out}: S{shared}A{active}E{experts}, {(shared + active) / experts:.0%} of each FFN active, carved "
-          f"in {seconds:.0f}s on {x.numel():,} calibration tokens")
+          f"in {seconds:.0f}s on {x.numel():,} calibration tokens"
+          + (f"; fine-tuned {tuned['steps']} steps in {tuned['seconds']:.0f}s (loss {tuned['loss_first']} -> "
+             f"{tuned['loss_last_10']})" if tuned else ""))
 
 
 if __name__ == "__main__":
