@@ -30,6 +30,8 @@ def score(path, windows: int, window: int) -> dict:
     carve = ckpt["meta"].get("carve")
     return {"model": str(path), "carve": {k: carve[k] for k in ("experts", "shared", "active", "active_ffn_share",
                                                                   "seconds", "calibration_tokens")} if carve else None,
+            "finetune": {k: v for k, v in ckpt["meta"]["finetune"].items() if k != "trained"}
+            if ckpt["meta"].get("finetune") else None,
             "ppl": round(math.exp(nll / ids[:, 1:].numel()), 4), "tokens": ids[:, 1:].numel(),
             "eval_seconds": round(seconds, 1), "greedy": PROMPT + tok.decode(generate(model, prompt, 24))}
 

@@ -14,7 +14,12 @@ for sae in "1 1 8" "2 2 8" "2 4 8"; do
   set -- $sae
   .venv/bin/edge-carve "$D/smollm2.pt" --shared "$1" --active "$2" --experts "$3" --out "$D/s$1a$2e$3.pt" --force
 done
-.venv/bin/python scripts/carve_eval.py "$D/smollm2.pt" "$D/s1a1e8.pt" "$D/s2a2e8.pt" "$D/s2a4e8.pt" | tee "$OUT/quality.jsonl"
+# the light fine-tune (routers, weight scales, norms) on the 50% model, 10 and 30 minutes of wall time
+for m in 10 30; do
+  .venv/bin/edge-carve "$D/smollm2.pt" --shared 2 --active 2 --experts 8 --finetune-minutes $m --out "$D/s2a2e8-ft$m.pt" --force
+done
+.venv/bin/python scripts/carve_eval.py "$D/smollm2.pt" "$D/s1a1e8.pt" "$D/s2a2e8.pt" "$D/s2a4e8.pt" "$D/s2a2e8-ft10.pt" \
+  "$D/s2a2e8-ft30.pt" | tee "$OUT/quality.jsonl"
 for q in int4 int8; do  # a verification that misses its goal still writes the artifact, and exits 3
   .venv/bin/edge-export "$D/s2a2e8.pt" --quant $q --out "$D/s2a2e8-$q" --force > "$OUT/export-$q.txt" || [ $? = 3 ]
   .venv/bin/python -c "import json, sys; m = json.load(open(sys.argv[1])); \
