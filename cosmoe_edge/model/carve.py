@@ -128,7 +128,7 @@ def carve(model, calib: torch.Tensor, experts: int, shared: int, active: int, k_
 
 
 def finetune(model, stream: torch.Tensor, minutes: float, lr: float = 1e-3, batch: int = 4, seq_len: int = 256,
-             gamma: float = 1e-3, seed: int = 0, progress=None) -> dict:
+             gamma: float = 1e-3, seed: int = 0, progress=None, max_steps: int | None = None) -> dict:
     """CMoE's light fine-tune, bounded by wall time: only the routers (classifier, gate, weight_scale) and
     the norms train, on the LM loss over random windows of `stream`; after each step every layer's
     selection bias moves by gamma towards balance (down for experts above the mean load, up below), as
@@ -148,7 +148,7 @@ def finetune(model, stream: torch.Tensor, minutes: float, lr: float = 1e-3, batc
     losses, steps, t0 = [], 0, time.perf_counter()
     model.train()
     with torch.enable_grad():
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and (max_steps is None or steps < max_steps):
             x, y = random_batch(stream, batch, seq_len, gen)
             logits, routings = model(x)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
