@@ -15,18 +15,20 @@ def fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def calibration(tok, path: Path | None, tokens: int, window: int, eos):
-    """(N, window) token windows: --calib's text, else the corpus's training documents (evaluation reads
-    the validation documents, so calibration never sees them)."""
+def training_texts() -> list[str]:
+    """The corpus's training documents (evaluation reads the validation documents, so neither calibration
+    nor the fine-tune sees them)."""
+    from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
+
+    return split_documents(read_documents(find_corpus()))[0]
+
+
+def calibration(tok, texts: list[str], tokens: int, window: int, eos):
+    """(N, window) token windows from the start of `texts`."""
     import torch
 
     from cosmoe_edge.errors import RequestError
-    from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
 
-    if path is not None:
-        texts = [path.read_text(encoding="utf-8", errors="replace")]
-    else:
-        texts = split_documents(read_documents(find_corpus()))[0]
     ids: list[int] = []
     for text in texts:
         ids += tok.encode(text).ids + ([eos] if eos is not None else [])
@@ -83,7 +85,9 @@ def main(
         dense, tok, ckpt = load_model(model)
         check_shape(dense.cfg, experts, shared, active)
         window = min(512, dense.cfg.max_seq_len)
-        x = calibration(tok, calib, calib_tokens, window, eos_id(tok, ckpt["meta"]))
+        corpus = training_texts() if calib is None or finetune_minutes > 0 else None  # read once for both
+        texts = [calib.read_text(encoding="utf-8", errors="replace")] if calib is not None else corpus
+        x = calibration(tok, texts, calib_tokens, window, eos_id(tok, ckpt["meta"]))
         torch.set_grad_enabled(False)
         with Progress(transient=True) as bar:
             task = bar.add_task(f"carving {dense.cfg.n_layers} layers on {x.numel():,} tokens",
@@ -93,9 +97,9 @@ def main(
         seconds = round(time.perf_counter() - t0, 1)
         tuned = None
         if finetune_minutes > 0:
-            from cosmoe_edge.model.data import encode_stream, find_corpus, read_documents, split_documents
+            from cosmoe_edge.model.data import encode_stream
 
-            stream = encode_stream(tok, split_documents(read_documents(find_corpus()))[0], eos_id(tok, ckpt["meta"]))
+            stream = encode_stream(tok, corpus, eos_id(tok, ckpt["meta"]))
             with Progress(transient=True) as bar:
                 task = bar.add_task(f"fine-tuning for {finetune_minutes:g} min", total=1.0)
                 tuned = finetune(dense, stream, finetune_minutes, lr=finetune_lr,
