@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 VERSION = "0.3.36"  # llama-cpp-python; its vendor/llama.cpp is the engine measured
-TOOLS = ("llama-completion", "llama-bench", "llama-quantize")
+TOOLS = ("llama-completion", "llama-bench", "llama-quantize", "llama-perplexity", "llama-tokenize")
 QUANTS = ("Q4_0", "Q8_0")
 CACHE = Path("runs/llamacpp")
 
