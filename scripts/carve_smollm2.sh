@@ -17,9 +17,14 @@ done
 # the light fine-tune (routers, weight scales, norms) on the 50% model, 10 and 30 minutes of wall time
 for m in 10 30; do
   .venv/bin/edge-carve "$D/smollm2.pt" --shared 2 --active 2 --experts 8 --finetune-minutes $m --out "$D/s2a2e8-ft$m.pt" --force
+  # and with LoRA adapters (rank 8) on attention and every expert, merged at the end
+  .venv/bin/edge-carve "$D/smollm2.pt" --shared 2 --active 2 --experts 8 --finetune-minutes $m --lora-rank 8 \
+    --out "$D/s2a2e8-lora$m.pt" --force
 done
+# the reference: the dense model fine-tuned the same way for 10 minutes (what fitting the corpus alone gains)
+.venv/bin/python scripts/dense_finetune_reference.py "$D/smollm2.pt" "$D/dense-lora10.pt" --minutes 10 --lora-rank 8
 .venv/bin/python scripts/carve_eval.py "$D/smollm2.pt" "$D/s1a1e8.pt" "$D/s2a2e8.pt" "$D/s2a4e8.pt" "$D/s2a2e8-ft10.pt" \
-  "$D/s2a2e8-ft30.pt" | tee "$OUT/quality.jsonl"
+  "$D/s2a2e8-ft30.pt" "$D/s2a2e8-lora10.pt" "$D/s2a2e8-lora30.pt" "$D/dense-lora10.pt" | tee "$OUT/quality.jsonl"
 # the router against expert and neuron oracles: where the perplexity goes
 .venv/bin/python scripts/carve_oracle.py "$D/smollm2.pt" "$D/s1a1e8.pt" "$D/s2a2e8.pt" "$D/s2a4e8.pt" | tee "$OUT/oracle.jsonl"
 for q in int4 int8; do  # a verification that misses its goal still writes the artifact, and exits 3

@@ -65,6 +65,53 @@ def test_light_finetune_trains_the_routers_and_balances():
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
 
+def test_lora_finetune_moves_the_experts_and_merges_into_a_plain_model(tmp_path):
+    from cosmoe_edge.model.carve import finetune
+
+    model = dense_model()
+    with torch.no_grad():
+        carve(model, torch.randint(0, 512, (4, 64)), experts=4, shared=1, active=1)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    facts = finetune(model, torch.randint(0, 512, (4096,), dtype=torch.int32), minutes=5, lr=1e-2, seq_len=64,
+                     max_steps=3, lora_rank=4)
+    assert facts["lora_rank"] == 4 and facts["lora_layers"] == model.cfg.n_layers * (4 + 3 * (3 + 1))
+    assert set(dict(model.named_parameters())) == set(before)  # adapters merged away, nothing renamed
+    assert all(type(m) is torch.nn.Linear for n, m in model.named_modules() if n.endswith(("wq", "w1", "w2")))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(".experts.0.w1" in n for n in moved) and any(".attn.wq" in n for n in moved)
+    assert "tok_emb.weight" not in moved
+    save_checkpoint(tmp_path / "m.pt", model, None, {})  # an ordinary checkpoint again
+    assert set(torch.load(tmp_path / "m.pt", weights_only=False)["state_dict"]) == set(model.state_dict())
+
+
+def test_a_dense_model_fine_tunes_the_same_way_as_the_reference():
+    from cosmoe_edge.model.carve import finetune
+
+    model = dense_model()
+    before = model.layers[0].ffn.w1.weight.clone()
+    facts = finetune(model, torch.randint(0, 512, (4096,), dtype=torch.int32), minutes=5, lr=1e-2, seq_len=64,
+                     max_steps=2, lora_rank=2)
+    assert facts["steps"] == 2 and facts["lora_layers"] == model.cfg.n_layers * 7
+    assert not torch.equal(model.layers[0].ffn.w1.weight, before)
+
+
+@torch.no_grad()
+def test_merged_lora_computes_what_the_adapters_did():
+    from cosmoe_edge.model.carve import add_lora, merge_lora
+
+    model = dense_model()
+    carve(model, torch.randint(0, 512, (4, 64)), experts=4, shared=1, active=1)
+    add_lora(model, 4)
+    gen = torch.Generator().manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # peft starts B at zero, which would make the check vacuous
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    x = torch.randint(0, 512, (2, 24))
+    with_adapters = model(x)[0]
+    merge_lora(model)
+    assert (model(x)[0] - with_adapters).abs().max().item() <= 1e-4
+
+
 @torch.no_grad()
 def test_router_score_and_routing_by_hand():
     router = CMoERouter(2, 3)

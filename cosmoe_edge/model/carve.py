@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosmoe_edge.errors import CheckpointError, RequestError
+from cosmoe_edge.errors import CheckpointError, RequestError, require
 from cosmoe_edge.model.config import ModelConfig
 from cosmoe_edge.model.model import MoE, SwiGLU
 
@@ -127,19 +127,50 @@ def carve(model, calib: torch.Tensor, experts: int, shared: int, active: int, k_
     return cfg, facts
 
 
+def add_lora(model, rank: int) -> list[str]:
+    """LoRA adapters (peft, alpha = 2 * rank) on every linear layer of attention and the experts (or the
+    dense FFN), as the official code adds them to all linear layers; the routers train in full instead.
+    Returns the targets."""
+    require("edge-carve --lora-rank", "train", "peft")
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+               and any(part in n for part in (".attn.", ".ffn.experts.", ".ffn.shared.", ".ffn.w"))]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets), model)
+    return targets
+
+
+def merge_lora(model):
+    """Fold every adapter into its base layer and put the plain nn.Linear back: the checkpoint and the export
+    see an ordinary model whose weights moved."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, LoraLayer):
+            m.merge()
+            parent, attr = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent), attr, m.get_base_layer())
+
+
 def finetune(model, stream: torch.Tensor, minutes: float, lr: float = 1e-3, batch: int = 4, seq_len: int = 256,
-             gamma: float = 1e-3, seed: int = 0, progress=None, max_steps: int | None = None) -> dict:
-    """CMoE's light fine-tune, bounded by wall time: only the routers (classifier, gate, weight_scale) and
-    the norms train, on the LM loss over random windows of `stream`; after each step every layer's
-    selection bias moves by gamma towards balance (down for experts above the mean load, up below), as
-    the official code's update_bias does. The experts and attention stay as carved."""
+             gamma: float = 1e-3, seed: int = 0, progress=None, max_steps: int | None = None,
+             lora_rank: int = 0) -> dict:
+    """CMoE's light fine-tune, bounded by wall time: the routers (classifier, gate, weight_scale) and the
+    norms train, on the LM loss over random windows of `stream`; after each step every layer's selection
+    bias moves by gamma towards balance (down for experts above the mean load, up below), as the official
+    code's update_bias does. With lora_rank > 0, LoRA adapters on attention and the experts train too and
+    are merged into their weights at the end; else the experts and attention stay as carved. A dense model
+    (no routers) trains its norms and adapters alone: the reference for a carved model's fine-tune."""
     from cosmoe_edge.model.data import random_batch
 
     seq_len = min(seq_len, model.cfg.max_seq_len)
     if seq_len + 1 >= len(stream):
         raise RequestError(f"the fine-tuning text holds {len(stream)} tokens, fewer than one window of {seq_len}")
+    if lora_rank < 0:
+        raise RequestError(f"--lora-rank must be >= 0 (got {lora_rank})")
+    lora_targets = add_lora(model, lora_rank) if lora_rank else []
     names = [n for n, _ in model.named_parameters()]
-    train = {n for n in names if ".ffn.router." in n or n.endswith("norm.weight")}
+    train = {n for n in names if ".ffn.router." in n or n.endswith("norm.weight") or ".lora_" in n}
     for n, p in model.named_parameters():
         p.requires_grad_(n in train)
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if n in train], lr=lr, weight_decay=0.0)
@@ -157,6 +188,8 @@ def finetune(model, stream: torch.Tensor, minutes: float, lr: float = 1e-3, batc
             opt.step()
             with torch.no_grad():
                 for layer, r in zip(model.layers, routings, strict=True):
+                    if r is None:  # a dense layer: the reference fine-tune of the model before carving
+                        continue
                     counts = torch.bincount(r.experts.flatten(), minlength=r.probs.shape[-1]).float()
                     bias = layer.ffn.router.selection_bias
                     bias -= gamma * (counts > counts.mean()).float()
@@ -166,9 +199,13 @@ def finetune(model, stream: torch.Tensor, minutes: float, lr: float = 1e-3, batc
             if progress:
                 progress(min(1.0, (time.perf_counter() - t0) / (60 * minutes)), loss.item())
     model.eval()
+    if lora_rank:
+        merge_lora(model)
     for p in model.parameters():
         p.requires_grad_(True)
+    trained = {n.split(".", 2)[-1] for n in train if ".lora_" not in n}
     return {"minutes": minutes, "steps": steps, "tokens": steps * batch * seq_len, "lr": lr, "gamma": gamma,
-            "seconds": round(time.perf_counter() - t0, 1), "trained": sorted({n.split(".", 2)[-1] for n in train}),
+            "lora_rank": lora_rank, "lora_layers": len(lora_targets),
+            "seconds": round(time.perf_counter() - t0, 1), "trained": sorted(trained),
             "loss_first": round(losses[0], 4) if losses else None,
             "loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 4) if losses else None}

@@ -61,6 +61,9 @@ def main(
                                                          "many minutes of wall time, the selection bias stepped "
                                                          "towards balance (CMoE's light fine-tune); 0: none.")] = 0.0,
     finetune_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tune (AdamW).")] = 1e-3,
+    lora_rank: Annotated[int, typer.Option(help="During the fine-tune, also train LoRA adapters of this rank "
+                                                "(peft) on attention and every expert, merged into their "
+                                                "weights at the end (the official code uses 8); 0: none.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
 ):
     import torch
@@ -80,6 +83,8 @@ def main(
         fail("--calib-tokens must be positive")
     if finetune_minutes < 0 or finetune_lr <= 0:
         fail("--finetune-minutes must be >= 0 and --finetune-lr positive")
+    if lora_rank < 0 or lora_rank and not finetune_minutes:
+        fail("--lora-rank must be >= 0, and applies with --finetune-minutes only")
     t0 = time.perf_counter()
     try:
         dense, tok, ckpt = load_model(model)
@@ -102,7 +107,7 @@ def main(
             stream = encode_stream(tok, corpus, eos_id(tok, ckpt["meta"]))
             with Progress(transient=True) as bar:
                 task = bar.add_task(f"fine-tuning for {finetune_minutes:g} min", total=1.0)
-                tuned = finetune(dense, stream, finetune_minutes, lr=finetune_lr,
+                tuned = finetune(dense, stream, finetune_minutes, lr=finetune_lr, lora_rank=lora_rank,
                                  progress=lambda done, loss: bar.update(task, completed=done,
                                                                         description=f"fine-tuning, loss {loss:.3f}"))
         meta = ckpt["meta"] | {"carved_from": model.name, "finetune": tuned, "carve": {
