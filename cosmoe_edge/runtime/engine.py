@@ -135,25 +135,35 @@ class Engine:
 
     def _experts(self, layer, x, experts, weights) -> np.ndarray:
         """sum over each token's k experts of weight * expert(x); every expert runs once on all of
-        its tokens (in slices of the program's maximum), resident experts first, then by id."""
+        its tokens (in slices of the program's maximum), resident experts first, then by id. The sum
+        is taken in expert-id order whatever ran first: float addition is not associative, and with
+        k > 2 an order that followed residency made the output depend on the budget."""
         resident = self.cache.is_resident
         if len(x) == 1:  # decode: one token, k distinct experts, no gathering
-            row, out = experts[0].tolist(), None
+            row, ys = experts[0].tolist(), {}
             for slot in sorted(range(len(row)), key=lambda s: (not resident((layer, row[s])), row[s])):
                 key = (layer, row[slot])
-                y = np.float32(weights[0, slot]) * self.cache.get(key, pinned=frozenset({key})).run("forward", [x])[0]
-                out = y if out is None else out + y
+                ys[row[slot]] = np.float32(weights[0, slot]) * self.cache.get(key, pinned=frozenset({key})).run(
+                    "forward", [x])[0]
+            out = None
+            for e in sorted(ys):
+                out = ys[e] if out is None else out + ys[e]
             return out
-        out = np.zeros_like(x)
-        order = sorted({int(e) for e in experts.ravel()}, key=lambda e: (not resident((layer, e)), e))
-        for e in order:
+        ys = {}
+        for e in sorted({int(e) for e in experts.ravel()}, key=lambda e: (not resident((layer, e)), e)):
             key = (layer, e)
             program = self.cache.get(key, pinned=frozenset({key}))
             rows, slots = np.nonzero(experts == e)
+            y = np.empty((len(rows), x.shape[1]), dtype=np.float32)
             for i in range(0, len(rows), self.expert_chunk):
                 r, s = rows[i:i + self.expert_chunk], slots[i:i + self.expert_chunk]
-                y = program.run("forward", [np.ascontiguousarray(x[r])])[0]
-                out[r] += weights[r, s, None].astype(np.float32) * y
+                y[i:i + len(r)] = weights[r, s, None].astype(np.float32) * program.run(
+                    "forward", [np.ascontiguousarray(x[r])])[0]
+            ys[e] = rows, y
+        out = np.zeros_like(x)
+        for e in sorted(ys):
+            rows, y = ys[e]
+            out[rows] += y
         return out
 
     def _prefetch_next(self, layer, x):

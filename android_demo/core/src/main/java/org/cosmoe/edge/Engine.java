@@ -8,6 +8,7 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
@@ -142,7 +143,9 @@ public final class Engine implements AutoCloseable {
 
     /**
      * Sum over each token's k experts of weight * expert(x). Every expert runs once on all of its
-     * tokens (in slices of the program's maximum), the ones already resident first, then by id.
+     * tokens (in slices of the program's maximum), the ones already resident first, then by id; the
+     * sum is taken in expert-id order whatever ran first (float addition is not associative: with
+     * k > 2 an order that followed residency made the output depend on the budget; engine.py too).
      */
     private float[] experts(int layer, float[] x, int n, Router.Routing r) {
         int d = cfg.dim;
@@ -168,6 +171,7 @@ public final class Engine implements AutoCloseable {
                 return ra != rb ? (ra ? -1 : 1) : Integer.compare(a, b);
             }
         });
+        TreeMap<Integer, Contribution> byId = new TreeMap<>();
         for (int e : order) {
             ExpertKey key = new ExpertKey(layer, e);
             ProgramRunner program = cache.get(key, Collections.singleton(key));
@@ -179,6 +183,7 @@ public final class Engine implements AutoCloseable {
                     }
                 }
             }
+            float[] weighted = new float[uses.size() * d];
             for (int i = 0; i < uses.size(); i += cfg.expertMaxTokens) {
                 int m = Math.min(cfg.expertMaxTokens, uses.size() - i);
                 float[] xs = new float[m * d];
@@ -187,15 +192,34 @@ public final class Engine implements AutoCloseable {
                 }
                 float[] y = program.run("forward", FloatTensor.of(xs, m, d))[0].toArray();
                 for (int j = 0; j < m; j++) {
-                    int t = uses.get(i + j)[0];
-                    float w = r.weights[t][uses.get(i + j)[1]];
+                    float w = r.weights[uses.get(i + j)[0]][uses.get(i + j)[1]];
                     for (int c = 0; c < d; c++) {
-                        out[t * d + c] += w * y[j * d + c];
+                        weighted[(i + j) * d + c] = w * y[j * d + c];
                     }
+                }
+            }
+            byId.put(e, new Contribution(uses, weighted));
+        }
+        for (Contribution part : byId.values()) {
+            for (int j = 0; j < part.uses.size(); j++) {
+                int t = part.uses.get(j)[0];
+                for (int c = 0; c < d; c++) {
+                    out[t * d + c] += part.weighted[j * d + c];
                 }
             }
         }
         return out;
+    }
+
+    /** One expert's weighted outputs and the (row, slot) pairs they belong to. */
+    private static final class Contribution {
+        final List<int[]> uses;
+        final float[] weighted;
+
+        Contribution(List<int[]> uses, float[] weighted) {
+            this.uses = uses;
+            this.weighted = weighted;
+        }
     }
 
     /**
