@@ -201,4 +201,64 @@ public class EngineFactoryTest {
             }
         }
     }
+
+    /**
+     * Experts run resident-first but are summed in id order: with k > 2 a residency-ordered sum made the
+     * output depend on the budget (engine.py's test_expert_sum_does_not_depend_on_which_experts_are_resident).
+     * Top-4 of 5 experts, one excluded per position, the others at weight 0.25 exactly; outputs 1e8, 1,
+     * -1e8, 1, 1 make the order show in float32. Layer 1's input must be layer 0's input plus the id-ordered
+     * sum, at every budget.
+     */
+    @Test
+    public void expertSumIsInIdOrderAtEveryBudget() throws IOException {
+        a.numExperts = 5;
+        a.topK = 4;
+        File root = a.write(tmp.newFolder());
+        final float[] values = {1e8f, 1f, -1e8f, 1f, 1f};
+        for (Long budget : new Long[] {null, 5000L, 6000L, 7000L, 8000L}) {
+            final List<float[]> inputs = new ArrayList<>();
+            final List<Integer> firstPositions = new ArrayList<>();
+            RecordedPrograms programs = new RecordedPrograms(new RecordedPrograms.Script() {
+                @Override
+                public float[] routerLogits(int layer, int pos0, int tokens, float[] h) {
+                    inputs.add(h.clone());
+                    firstPositions.add(pos0);
+                    float[] logits = new float[tokens * a.numExperts];
+                    for (int t = 0; t < tokens; t++) {
+                        logits[t * a.numExperts + (pos0 + t) % a.numExperts] = -1000f;
+                    }
+                    return logits;
+                }
+
+                @Override
+                public float[] headLogits(int call) {
+                    return new float[a.vocab];
+                }
+            }, a);
+            programs.expertValues = new float[][] {values, values};
+            EngineOptions o = new EngineOptions();
+            o.budgetBytes = budget;
+            try (Engine engine = open(root, o, programs)) {
+                engine.forward(ids(5));
+                for (int t = 0; t < 8; t++) {
+                    engine.forward(new int[] {t});
+                }
+            }
+            for (int call = 0; call < inputs.size(); call += 2) {  // (layer 0 input, layer 1 input) per step
+                float[] h0 = inputs.get(call);
+                float[] h1 = inputs.get(call + 1);
+                for (int t = 0; t < h0.length / a.dim; t++) {
+                    int excluded = (firstPositions.get(call) + t) % a.numExperts;
+                    float sum = 0f;
+                    for (int e = 0; e < a.numExperts; e++) {
+                        sum += e == excluded ? 0f : 0.25f * values[e];
+                    }
+                    for (int c = 0; c < a.dim; c++) {
+                        assertEquals("budget " + budget + ", call " + call + ", token " + t, h0[t * a.dim + c] + sum,
+                                h1[t * a.dim + c], 0f);
+                    }
+                }
+            }
+        }
+    }
 }

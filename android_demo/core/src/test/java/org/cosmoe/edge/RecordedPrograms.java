@@ -32,6 +32,8 @@ final class RecordedPrograms implements ProgramLoader {
     private final Script script;
     private final TestArtifact a;
     private int headCalls;
+    /** What every element of expert (layer, e)'s output is, indexed [layer][e]; null: zeros. */
+    float[][] expertValues;
 
     RecordedPrograms(Script script, TestArtifact artifact) {
         this.script = script;
@@ -164,7 +166,11 @@ final class RecordedPrograms implements ProgramLoader {
             shape(in[0], "expert x", rows, a.dim);
             check(rows >= 1 && rows <= a.expertMaxTokens, rows + " rows for an expert program");
             calls.add("expert " + layer + " " + expert + " " + rows);
-            return new FloatTensor[] {FloatTensor.of(new float[rows * a.dim], rows, a.dim)};
+            float[] y = new float[rows * a.dim];
+            if (expertValues != null) {
+                java.util.Arrays.fill(y, expertValues[layer][expert]);
+            }
+            return new FloatTensor[] {FloatTensor.of(y, rows, a.dim)};
         }
 
         @Override
