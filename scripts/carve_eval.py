@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmoe_edge.model.checkpoint import load_model
-from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
+from cosmoe_edge.model.data import heldout_text
 from cosmoe_edge.model.generate import generate
 
 PROMPT = "The capital of France is"
@@ -21,7 +21,7 @@ PROMPT = "The capital of France is"
 @torch.no_grad()
 def score(path, windows: int, window: int) -> dict:
     model, tok, ckpt = load_model(path)
-    text = "\n".join(split_documents(read_documents(find_corpus()))[1])[:200_000]
+    text = heldout_text(200_000)
     ids = torch.tensor(tok.encode(text).ids[:windows * (window + 1)]).view(windows, window + 1)
     t = time.perf_counter()
     nll = sum(F.cross_entropy(model(row[None, :-1])[0][0], row[1:], reduction="sum").item() for row in ids)

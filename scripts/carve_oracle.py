@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmoe_edge.model.checkpoint import load_model
-from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
+from cosmoe_edge.model.data import heldout_text
 from cosmoe_edge.model.model import route_cmoe
 
 
@@ -78,7 +78,7 @@ def main():
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--window", type=int, default=256)
     a = ap.parse_args()
-    text = "\n".join(split_documents(read_documents(find_corpus()))[1])[:200_000]
+    text = heldout_text(200_000)
     shares = set()
     for path in a.carved:
         model, tok, ckpt = load_model(path)

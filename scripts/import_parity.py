@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmoe_edge.model.checkpoint import load_model
-from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
+from cosmoe_edge.model.data import heldout_text
 from cosmoe_edge.model.generate import generate
 from cosmoe_edge.model.importer import locate
 
@@ -36,7 +36,7 @@ def main():
     ours, tok, _ = load_model(a.model)
 
     # held-out text: the project corpus's validation documents (none of it trained either model here)
-    text = "\n".join(split_documents(read_documents(find_corpus()))[1])[:200_000]
+    text = heldout_text(200_000)
     ids_ours, ids_hf = tok.encode(text).ids, hf_tok(text).input_ids
     n = a.window + 1
     ids = torch.tensor(ids_ours[:a.windows * n]).view(a.windows, n)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from cosmoe_edge.bench import llamacpp
 from cosmoe_edge.model.checkpoint import load_model
-from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
+from cosmoe_edge.model.data import heldout_text
 
 
 def gguf_add_bos(path: Path) -> bool:
@@ -75,7 +75,7 @@ def main():
     bindir = llamacpp.build()
     model, tok, _ = load_model(a.model)
     # the held-out text of scripts/import_parity.py: the corpus's validation documents
-    text = "\n".join(split_documents(read_documents(find_corpus()))[1])[:200_000]
+    text = heldout_text(200_000)
     add_bos = gguf_add_bos(a.gguf)
     bos = None
     with tempfile.TemporaryDirectory() as d:

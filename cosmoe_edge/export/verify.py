@@ -33,9 +33,9 @@ def heldout_windows(tokenizer, meta: dict) -> list[list[int]]:
     """Held-out token windows: the validation text the checkpoint carries, else the corpus's split."""
     text = meta.get("val_text")
     if not text:
-        from cosmoe_edge.model.data import find_corpus, read_documents, split_documents
+        from cosmoe_edge.model.data import heldout_text
 
-        text = "\n".join(split_documents(read_documents(find_corpus()))[1])
+        text = heldout_text()
     ids = tokenizer.encode(text).ids
     n = min(WINDOWS, len(ids) // (WINDOW + 1))
     return [ids[i * (WINDOW + 1):(i + 1) * (WINDOW + 1)] for i in range(n)]

@@ -64,6 +64,13 @@ def split_documents(docs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return train, val
 
 
+def heldout_text(chars: int | None = None) -> str:
+    """The corpus's validation documents joined by newlines (the first `chars` characters): the held-out
+    text that export verification and the comparison scripts score, never trained on."""
+    text = "\n".join(split_documents(read_documents(find_corpus()))[1])
+    return text if chars is None else text[:chars]
+
+
 def encode_stream(tok, texts: list[str], eos: int) -> torch.Tensor:
     """All documents as one int32 id stream, each followed by EOS."""
     ids = []
