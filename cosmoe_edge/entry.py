@@ -43,5 +43,11 @@ def edge_run():  # needs only the extra of the backend it is asked for, which th
     app()
 
 
+def edge_eval():  # like edge-run: the runtime checks the backend's extra itself
+    from cosmoe_edge.runtime.eval_cli import app
+
+    app()
+
+
 def edge_bench():
     _launch("edge-bench", "bench", ("matplotlib", "yaml"), "cosmoe_edge.bench.cli")

@@ -15,6 +15,8 @@ ARTIFACT: the shipped model exported for executorch (int4), e.g.
   events the cache answered with (hit, miss, evict, prefetch, with the resident bytes after each).
   Prefetches run inline, so the order is deterministic. Costs are the experts' file sizes: reproducible
   on any machine, where the measured footprints the manifest charges are not.
+- selection_cases.json: select() (--experts-per-token, compressed experts, --on-miss, --cache-bias) on
+  recorded router logits with made-up resident sets and vectors: experts, weights, theta and counts.
 - kv_cases.json: RoPE rows (float32 bit patterns), attention masks, and KV-cache writes and reads.
 - manifest_cases.json: manifests with one defect each and the error kind Python raises for them.
 - program_header_cases.json: ExecuTorch program headers, whole and damaged, and what the check before
@@ -44,6 +46,7 @@ from cosmoe_edge.runtime.generate import Sampler, generate
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import MANIFEST, backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.routing import route, route_cmoe
+from cosmoe_edge.runtime.selection import Selection, SelectionCounts, select
 
 PROMPT = "The dictionary type is"
 NEW_TOKENS = 32
@@ -134,6 +137,34 @@ def route_cases(steps: list[dict], num_experts: int, top_k: int) -> list[dict]:
         experts, weights = route_cmoe(np.abs(np.asarray([row], dtype=np.float32)), top_k, bias, scale)
         out.append({"logits": np.abs(row).tolist(), "experts": experts[0].tolist(), "weights": weights[0].tolist(),
                     "cmoe": {"bias": bias.tolist(), "scale": scale.tolist()}})
+    return out
+
+
+def selection_cases(steps: list[dict], num_experts: int) -> list[dict]:
+    """select() (runtime/selection.py) on recorded router logits, for each kind of choice, with a resident set
+    and compressed-expert vectors (width 4, seeded) made up for the case: experts by rank (-1: not run),
+    weights, theta (null: ones) and the counts."""
+    rng = np.random.default_rng(0)
+    vectors = (1 + 0.5 * rng.standard_normal((num_experts, 4))).astype(np.float32)
+    logits = [np.asarray(s["router_logits"], dtype=np.float32) for s in steps[:10]]  # a prefill, then decode
+    choices = [dict(top_k=2, k=2), dict(top_k=2, k=1), dict(top_k=2, k=1, vectors=False),
+               dict(top_k=3, k=1), dict(top_k=3, k=2, on_miss="compressed"),
+               dict(top_k=3, k=3, on_miss="skip", skip_below=0.3), dict(top_k=2, k=2, cache_bias=1.5),
+               dict(top_k=3, k=2, on_miss="compressed", cache_bias=0.7, renorm=False)]
+    out = []
+    for i, c in enumerate(choices):
+        s = Selection(c["k"], c.get("on_miss", "wait"), c.get("skip_below", 0.5), c.get("cache_bias", 0.0))
+        resident = (np.arange(num_experts) % (2 + i % 2)) == 0
+        vec = vectors if c.get("vectors", True) else None
+        for z in logits[i % 3::3]:
+            counts = SelectionCounts()
+            experts, weights, theta = select(z, c["top_k"], c.get("renorm", True), s, vec,
+                                             resident if s.needs_residency() else None, counts)
+            out.append({"logits": z.tolist(), "top_k": c["top_k"], "renorm": c.get("renorm", True),
+                        "selection": vars(s), "resident": resident.tolist(),
+                        "vectors": None if vec is None else vec.tolist(), "experts": experts.tolist(),
+                        "weights": weights.tolist(), "theta": None if theta is None else theta.tolist(),
+                        "counts": counts.as_dict()})
     return out
 
 
@@ -276,6 +307,8 @@ def write_vectors(artifact: Path, out: Path):
             runs.append(run)
     write(out / "cache.json", {"costs": costs, "min_budget": low, "top_k": cfg["top_k"], "expert_bytes_total": total,
                                "n_layers": cfg["n_layers"], "num_experts": cfg["num_experts"], "runs": runs})
+    write(out / "selection_cases.json", {"num_experts": cfg["num_experts"],
+                                         "cases": selection_cases(engine.routing.trace, cfg["num_experts"])})
     write(out / "kv_cases.json", kv_cases(cfg))
     write(out / "manifest_cases.json", {"backend": BACKEND, "cases": manifest_cases(artifact)})
     write(out / "program_header_cases.json", {"file_name": "expert.pte", "cases": pte_header_cases()})

@@ -17,6 +17,7 @@ from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.routing import route, route_cmoe
+from cosmoe_edge.runtime.selection import Selection, SelectionCounts, select
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "tests" / "conformance"
@@ -106,6 +107,23 @@ def test_routing_replay():
     positions = [(s["pos0"], len(s["experts"])) for s in g["steps"] if s["layer"] == 0]
     n_prompt = len(g["prompt_ids"])
     assert positions == [(0, n_prompt)] + [(n_prompt + i, 1) for i in range(len(g["generated_ids"]) - 1)]
+
+
+def test_selection_replay():
+    cases = vectors("selection_cases.json")["cases"]
+    for i, c in enumerate(cases):
+        s = Selection(**c["selection"])
+        counts = SelectionCounts()
+        vec = None if c["vectors"] is None else np.asarray(c["vectors"], dtype=np.float32)
+        experts, weights, theta = select(np.asarray(c["logits"], dtype=np.float32), c["top_k"], c["renorm"], s, vec,
+                                         np.asarray(c["resident"]) if s.needs_residency() else None, counts)
+        assert experts.tolist() == c["experts"] and counts.as_dict() == c["counts"], i
+        np.testing.assert_allclose(weights, c["weights"], rtol=0, atol=1e-7)
+        assert (theta is None) == (c["theta"] is None), i
+        if theta is not None:
+            np.testing.assert_allclose(theta, c["theta"], rtol=0, atol=1e-6)
+    kinds = {(c["selection"]["on_miss"], c["selection"]["cache_bias"] > 0, c["theta"] is not None) for c in cases}
+    assert len(kinds) >= 5 and any(c["counts"]["misses_skipped"] for c in cases)
 
 
 def test_tokenizer_replay():

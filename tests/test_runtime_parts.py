@@ -19,6 +19,7 @@ from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.options import RunOptions, parse_budget
 from cosmoe_edge.runtime.policies import LFU, LRU, NoCache
 from cosmoe_edge.runtime.routing import RoutingLog, route
+from cosmoe_edge.runtime.selection import Selection, SelectionCounts, report_entry
 
 
 class Program:
@@ -219,7 +220,8 @@ def full_report(**change) -> dict:
                   load_ms=1.0, runtime_import_ms=0.0, peak_rss_bytes=1, rss_after_load_bytes=1, storage_read_bytes=0,
                   memory_budget_bytes=1, expert_bytes_total=1, resident_expert_bytes_peak=1, expert_hits=1,
                   expert_misses=1, expert_misses_decode=0, expert_evictions=0, expert_hit_rate=0.5,
-                  expert_switch_rate=0.1, prefetch={"issued": 0, "useful": 0}, expert_load_ms=0.0, expert_loads=1,
+                  expert_switch_rate=0.1, prefetch={"issued": 0, "useful": 0},
+                  selection=report_entry(Selection(2), SelectionCounts()), expert_load_ms=0.0, expert_loads=1,
                   preloaded=False, process="1@2")
     return values | change
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from cosmoe_edge.runtime.metrics import peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 from cosmoe_edge.runtime.report import latency_summary, make_report
+from cosmoe_edge.runtime.selection import Selection, SelectionCounts, report_entry
 
 
 def main():
@@ -49,7 +50,9 @@ def main():
         peak_rss_bytes=peak_rss_bytes(), rss_after_load_bytes=rss_load, storage_read_bytes=storage_read_bytes() - read0,
         memory_budget_bytes=0, expert_bytes_total=0, resident_expert_bytes_peak=0, expert_hits=0, expert_misses=0,
         expert_misses_decode=0, expert_evictions=0, expert_hit_rate=1.0, expert_switch_rate=0.0,
-        prefetch={"issued": 0, "useful": 0}, expert_load_ms=0.0, expert_loads=0, preloaded=True, process=process_id())
+        prefetch={"issued": 0, "useful": 0},
+        selection=report_entry(Selection(model.cfg.k_main or model.cfg.top_k), SelectionCounts()),
+        expert_load_ms=0.0, expert_loads=0, preloaded=True, process=process_id())
     if a.report:
         with open(a.report, "w") as f:
             json.dump(report, f, indent=1)

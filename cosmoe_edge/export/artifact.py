@@ -41,6 +41,11 @@ CALLING_CONVENTION = {
               "(a stable sort); their weights p renormalised to sum 1 over the k, or, when model.router_renorm is "
               "false, p as it is (absent: true). With the manifest's routing.kind 'cmoe' (edge-carve): router_logits are "
               "CMoE scores; the top_k of p + routing.selection_bias[layer], weighted 1 + routing.weight_scale[layer] * p",
+    "compressed_experts": "when the manifest has compressed_experts (model.k_main > 0): of a token's top_k experts by "
+                          "rank, the first k_main run and the others stand in: theta = sum over the stand-ins of "
+                          "their p renormalised over the stand-ins times their vector; the experts that run get "
+                          "x * theta as input, and their weights are p renormalised over them (or p as it is when "
+                          "router_renorm is false)",
     "expert": {"inputs": ["x"], "outputs": ["y"],
                "doc": "x (T,D) rows routed to this expert, at most expert_max_tokens per call; the layer's result "
                       "is h_out + sum over the token's k experts of weight * y"},
@@ -61,7 +66,17 @@ def write_shared(source, scheme: str, tmp: Path) -> dict:
     out = {"tokenizer": file_entry(tmp, tok_path, eos_id=eos_id(source.tokenizer, source.meta)),
            "embedding": file_entry(tmp, tmp / "embedding.safetensors",
                                    scheme="fp32" if scheme == "fp32" else "int8-per-row")}
+    if source.meta.get("val_text"):  # what edge-eval scores without a path: text the model never trained on
+        (tmp / "heldout.txt").write_text(source.meta["val_text"])
+        out["heldout_text"] = file_entry(tmp, tmp / "heldout.txt",
+                                         doc="held-out text (the model's validation sample) for edge-eval")
     L = range(source.cfg.n_layers)
+    if source.cfg.k_main:  # compressed experts: tiny, always resident, read by the runtime itself
+        vectors = {f"layer_{i}": source.tensor(f"layers.{i}.ffn.compressed").float().numpy() for i in L}
+        save_file(vectors, str(tmp / "compressed.safetensors"))
+        out["compressed_experts"] = file_entry(
+            tmp, tmp / "compressed.safetensors", k_main=source.cfg.k_main,
+            doc="fp32 compressed-expert vectors (E,D) per layer: see calling_convention.compressed_experts")
     if source.cfg.router_kind == "cmoe":  # the routing's own vectors; no linear router to guess ahead with
         vec = lambda i, name: source.tensor(f"layers.{i}.ffn.router.{name}").tolist()  # noqa: E731
         return out | {"routing": {"kind": "cmoe", "selection_bias": [vec(i, "selection_bias") for i in L],

@@ -132,7 +132,8 @@ def print_summary(m: dict, out: Path):
               (f", {x['resumed_parts']} parts resumed" if x["resumed_parts"] else "") + ")")
     for col in ("backend", "files", "total", "backbone", "all experts", "one expert"):
         t.add_column(col, justify="left" if col == "backend" else "right")
-    shared = sum(m[k]["bytes"] for k in ("tokenizer", "routers") if k in m)  # the embedding counts with the backbone
+    # the embedding counts with the backbone
+    shared = sum(m[k]["bytes"] for k in ("tokenizer", "routers", "compressed_experts") if k in m)
     lines = []
     for b, s in m["backends"].items():
         backbone = sum(f["bytes"] for f in s["backbone"]["files"]) + m["embedding"]["bytes"]

@@ -31,6 +31,10 @@ class ModelConfig:
     # "softmax": a linear router, top-k of its softmax; "cmoe": CMoE's training-free router (edge-carve),
     # scores from each expert's representative neuron, weights 1 + weight_scale * p (model.CMoERouter)
     router_kind: str = "softmax"
+    # Compressed Experts (He et al., arXiv 2503.00634): with k_main > 0 each token's k_main highest-weighted
+    # experts run, and the other top_k - k_main stand in as learned vectors (MoE.compressed, one per expert,
+    # R^dim) whose weighted sum scales the main experts' input; 0: off
+    k_main: int = 0
     # training losses (stored so a resumed run keeps them)
     lb_weight: float = 0.01  # per-sequence switch-style load balancing
     bles_weight: float = 0.0  # block-wise expert selection loss (CoSMoE)
@@ -58,6 +62,9 @@ class ModelConfig:
             raise ValueError("shared_expert_gate needs a shared expert (shared_expert_hidden > 0)")
         if self.ffn == "moe" and not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k {self.top_k} must be in 1..num_experts ({self.num_experts})")
+        if self.k_main and not (self.ffn == "moe" and self.router_kind == "softmax" and 1 <= self.k_main <= self.top_k):
+            raise ValueError(f"k_main {self.k_main} needs an MoE with a softmax router and 1 <= k_main <= top_k "
+                             f"({self.top_k})")
 
     @property
     def head_dim(self) -> int:

@@ -124,6 +124,22 @@ def route(router_logits, top_k: int, renorm: bool = True):
     return probs, experts, weights / weights.sum(-1, keepdim=True) if renorm else weights
 
 
+def compress(x, probs, experts, k_main: int, vectors, renorm: bool = True):
+    """Compressed experts: of each token's top-k `experts` (by descending probability), the first k_main run on
+    x * theta, theta = the other experts' vectors weighted by their probabilities renormalised over them (ones
+    when there are none); the main experts' weights are renormalised over the k_main (unless not renorm).
+    Returns (x * theta, main experts, their weights)."""
+    main, aux = experts[:, :k_main], experts[:, k_main:]
+    weights = probs.gather(-1, main)
+    if renorm:
+        weights = weights / weights.sum(-1, keepdim=True)
+    if not aux.shape[1]:
+        return x, main, weights
+    a = probs.gather(-1, aux)
+    theta = ((a / a.sum(-1, keepdim=True)).unsqueeze(-1) * vectors[aux]).sum(1)
+    return x * theta.to(x.dtype), main, weights
+
+
 def shared_output(shared: nn.Module, gate: nn.Module | None, x):
     """The always-on expert's contribution, scaled by sigmoid(g . x) when it has a gate (Qwen2-MoE)."""
     y = shared(x)
@@ -164,6 +180,9 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(SwiGLU(cfg.dim, cfg.expert_hidden, rank) for _ in range(cfg.num_experts))
         self.shared = SwiGLU(cfg.dim, cfg.shared_expert_hidden) if cfg.shared_expert_hidden else None
         self.shared_gate = nn.Linear(cfg.dim, 1, bias=False) if cfg.shared_expert_gate else None
+        self.k_main = cfg.k_main
+        # one compressed expert per routed expert, initialised to ones: at init theta = 1, the plain top-k_main
+        self.compressed = nn.Parameter(torch.ones(cfg.num_experts, cfg.dim)) if cfg.k_main else None
 
     def forward(self, x):
         B, T, D = x.shape
@@ -174,11 +193,14 @@ class MoE(nn.Module):
                                                  self.router.weight_scale)
         else:
             probs, experts, weights = route(logits, self.top_k, self.renorm)
+        inp = flat
+        if self.compressed is not None:
+            inp, experts, weights = compress(flat, probs, experts, self.k_main, self.compressed, self.renorm)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             tok, slot = (experts == e).nonzero(as_tuple=True)
             if tok.numel():
-                out.index_add_(0, tok, expert(flat[tok]) * weights[tok, slot, None].to(flat.dtype))
+                out.index_add_(0, tok, expert(inp[tok]) * weights[tok, slot, None].to(flat.dtype))
         if self.shared is not None:
             out = out + shared_output(self.shared, self.shared_gate, flat)
         routing = Routing(logits.view(B, T, -1), probs.view(B, T, -1), experts.view(B, T, -1), weights.view(B, T, -1))
@@ -257,7 +279,11 @@ def param_summary(model: CoSMoE) -> dict:
     if cfg.ffn == "moe":
         per_expert = sum(p.numel() for p in model.layers[0].ffn.experts[0].parameters())
         all_experts = per_expert * cfg.num_experts * cfg.n_layers
-        active = total - all_experts + per_expert * cfg.top_k * cfg.n_layers
+        # compressed experts: k_main experts run; the vectors (E x dim per layer) cost a weighted sum of k - k_main
+        vectors = cfg.num_experts * cfg.dim * cfg.n_layers if cfg.k_main else 0
+        k_run = cfg.k_main or cfg.top_k
+        active = (total - all_experts - vectors + per_expert * k_run * cfg.n_layers
+                  + (cfg.top_k - k_run) * cfg.dim * cfg.n_layers)
     else:
         per_expert, all_experts, active = 0, 0, total
     return {"total": total, "embedding": embedding, "per_expert": per_expert,
@@ -266,7 +292,8 @@ def param_summary(model: CoSMoE) -> dict:
 
 def format_summary(cfg: ModelConfig, counts: dict) -> str:
     kind = f"{cfg.num_experts} x {cfg.expert_kind} experts (top-{cfg.top_k}, hidden {cfg.expert_hidden}" + (
-        f", rank {cfg.wd_rank})" if cfg.expert_kind == "wd" else ")")
+        f", rank {cfg.wd_rank}" if cfg.expert_kind == "wd" else "") + (
+        f", {cfg.k_main} run + {cfg.top_k - cfg.k_main} compressed)" if cfg.k_main else ")")
     ffn = kind if cfg.ffn == "moe" else f"dense SwiGLU (hidden {cfg.dense_hidden})"
     m = lambda n: f"{n / 1e6:.2f}M"  # noqa: E731
     lines = [f"CoSMoE: {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / {cfg.n_kv_heads} kv, "

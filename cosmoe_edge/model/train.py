@@ -74,9 +74,35 @@ def router_aux_loss(routings, cfg: ModelConfig):
     return total / len(moe)
 
 
+# what `edge-train --init-from` trains: compressed-expert vectors only, with the routers and norms, or all
+TRAINABLE = {"vectors": (".ffn.compressed",), "routers": (".ffn.compressed", ".ffn.router.", "norm.weight"), "all": ("",)}
+
+
+def freeze_except(model, train: str) -> list[str]:
+    """requires_grad only on the parameters whose names contain one of TRAINABLE[train]; returns their names."""
+    keep = [n for n, _ in model.named_parameters() if any(s in n for s in TRAINABLE[train])]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+    return keep
+
+
+def init_from_checkpoint(path: Path, changes: dict) -> tuple[ModelConfig, dict]:
+    """A trained checkpoint as the start of a fine-tune, its config updated by `changes` (loss weights,
+    k_main); compressed experts it lacks start at their initial value, ones."""
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt["config"] | changes)
+    model = CoSMoE(cfg)
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or any(".ffn.compressed" not in n for n in missing):
+        raise CheckpointError(f"{path}'s weights do not match its config")
+    return cfg, ckpt | {"model": model, "path": str(path)}
+
+
 def make_optimizer(model, o: TrainOptions):
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    # compressed-expert vectors start at ones and act multiplicatively: decay would pull them to zero
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2 and ".ffn.compressed" not in n]
+    no_decay = [p for n, p in params if p.dim() < 2 or ".ffn.compressed" in n]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95))
 
@@ -120,22 +146,26 @@ def log(d: Dist, msg: str):
 
 
 def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resume: Path | None,
-        quiet: bool = False) -> dict:
-    """Train and write `out`. Returns the checkpoint's meta."""
+        quiet: bool = False, start: dict | None = None, train: str = "all") -> dict:
+    """Train and write `out`; `start` (init_from()) fine-tunes a trained model, its `train` parameters only.
+    Returns the checkpoint's meta."""
     d = Dist()
     torch.manual_seed(o.seed)
     start_step, train_state, ckpt = 0, None, None
+    if start is not None:
+        tokenizer_json = start["tokenizer"]
     if resume is not None:
         ckpt = load_checkpoint(resume)
         cfg = ModelConfig.from_dict(ckpt["config"])
         if "train_state" not in ckpt:
             raise CheckpointError(f"{resume} holds no optimizer state (a shipped model?); cannot resume")
         train_state = ckpt["train_state"]
+        train = ckpt["meta"].get("trained", "all")  # the optimizer state holds exactly those parameters
         start_step = int(train_state["step"])
         tokenizer_json = ckpt["tokenizer"]
     corpus_path = Path(corpus) if corpus is not None else find_corpus()
     train_texts, val_texts = split_documents(read_documents(corpus_path))
-    if resume is None:
+    if resume is None and start is None:
         # rank 0 trains the tokenizer; the others receive its JSON, so all ranks share one vocabulary
         tokenizer_json = train_tokenizer(train_texts, cfg.vocab_size).to_str() if d.main else None
         tokenizer_json = d.broadcast(tokenizer_json)
@@ -147,8 +177,9 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
     val_x, val_y = eval_windows(encode_stream(tok, val_texts, eos), o.seq_len, o.eval_windows)
     log(d, f"corpus {corpus_path}: {len(train_ids):,} train tokens, {val_x.numel():,} validation tokens")
 
-    model = build_model(ckpt) if ckpt is not None else CoSMoE(cfg)
+    model = build_model(ckpt) if ckpt is not None else start["model"] if start is not None else CoSMoE(cfg)
     model.train()
+    trained = freeze_except(model, train)
     log(d, format_summary(cfg, param_summary(model)))
     opt = make_optimizer(model, o)
     if train_state is not None:
@@ -209,7 +240,11 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
         ev = evaluate(model, val_x, val_y)
         counts = param_summary(model)
         prev = ckpt["meta"] if ckpt is not None else {}
-        meta = {
+        meta = ({"init_from": start["path"], "init_from_meta": {k: v for k, v in start["meta"].items()
+                                                                  if k not in ("history", "val_text")},
+                 "trained": train, "trained_params": sum(p.numel() for n, p in model.named_parameters()
+                                                         if n in trained)} if start is not None else {})
+        meta |= {
             "corpus": str(corpus_path), "train_tokens_available": len(train_ids), "val_tokens": val_x.numel(),
             "steps": o.steps, "tokens_seen": o.steps * tokens_per_step, "options": vars(o) | {"world": d.world},
             "train_seconds": prev.get("train_seconds", 0.0) + elapsed, "params": counts,
@@ -271,6 +306,15 @@ def main(
     eval_windows: Annotated[int, typer.Option(help="Validation windows of seq_len tokens.")] = TrainOptions.eval_windows,
     seed: Annotated[int, typer.Option(help="Seed for init and batches; same seed, same model.")] = TrainOptions.seed,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint (its config wins).")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="Fine-tune this trained model.pt instead of training from "
+                                                        "scratch (its shape and tokenizer; shape options refused).")]
+    = None,
+    k_main: Annotated[int | None, typer.Option(help="Compressed experts: each token runs its k_main highest-weighted "
+                                                    "experts; the rest of its top-k stand in as learned vectors "
+                                                    "(0: off). With --init-from the vectors start at ones.")] = None,
+    train_params: Annotated[str, typer.Option(help="With --init-from, what trains: vectors (the compressed "
+                                                   "experts'), routers (vectors, routers and norms) or all.")]
+    = "vectors",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ):
@@ -286,13 +330,25 @@ def main(
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                         eval_windows=eval_windows, seed=seed)
+    if train_params not in TRAINABLE:
+        fail(f"unknown --train-params {train_params!r}; choose {', '.join(TRAINABLE)}")
     try:
-        cfg = ModelConfig.from_dict(PRESETS[preset].to_dict() | overrides)
+        start = None
+        if init_from is not None:
+            shape = sorted(k for k in overrides if k not in ("bles_weight", "lb_weight", "top_k"))
+            if shape or dense or resume is not None or preset != "default":
+                fail("--init-from takes the model's shape from its checkpoint; drop "
+                     + ", ".join(["--" + k.replace("_", "-") for k in shape] + ["--dense"] * dense
+                                 + ["--resume"] * (resume is not None) + ["--preset"] * (preset != "default")))
+            cfg, start = init_from_checkpoint(init_from, overrides | ({"k_main": k_main} if k_main is not None else {}))
+        else:
+            cfg = ModelConfig.from_dict(PRESETS[preset].to_dict() | overrides | ({"k_main": k_main} if k_main else {}))
+            train_params = "all"
         if dense:
             cfg = cfg.dense_baseline()
         if seq_len > cfg.max_seq_len:
             fail(f"--seq-len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
-        run(cfg, opts, out, corpus, resume, quiet)
+        run(cfg, opts, out, corpus, resume, quiet, start, train_params)
     except (EdgeError, ValueError) as e:
         fail(str(e))
 

@@ -49,6 +49,21 @@ def main(
     threads: Annotated[int, typer.Option(help="Threads per program call.")] = 1,
     preload: Annotated[bool, typer.Option(help="Load every expert before the prompt (no lazy loading), for "
                                                "comparison; load_ms includes it.")] = False,
+    experts_per_token: Annotated[int | None, typer.Option(help="Experts that run per token, 1..the model's top-k "
+                                                               "(default: the model's k_main if it has compressed "
+                                                               "experts, else its top-k). The rest of the top-k "
+                                                               "stand in as compressed experts when the artifact "
+                                                               "has them; else they are dropped and the weights "
+                                                               "renormalised.")] = None,
+    on_miss: Annotated[str, typer.Option(help="When a selected expert is not resident: wait (load it), compressed "
+                                              "(its compressed vector stands in; needs compressed experts) or skip "
+                                              "(drop it if its weight is below --skip-below). A token's "
+                                              "first-ranked expert always runs.")] = "wait",
+    skip_below: Annotated[float, typer.Option(help="With --on-miss skip: drop a missing expert whose weight is "
+                                                   "below this.")] = 0.5,
+    cache_bias: Annotated[float, typer.Option(help="Add this to the router logits of resident experts before the "
+                                                   "top-k (cache-aware routing; 0: off). Weights stay unbiased.")]
+    = 0.0,
 ):
     from cosmoe_edge.runtime.backends import silenced_stderr
     from cosmoe_edge.runtime.run import run
@@ -56,7 +71,9 @@ def main(
     try:
         options = RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=backend, memory_budget=memory_budget,
                              cache_policy=cache_policy, prefetch=prefetch, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed, cold=cold, verify=verify, threads=threads, preload=preload)
+                             top_p=top_p, seed=seed, cold=cold, verify=verify, threads=threads, preload=preload,
+                             experts_per_token=experts_per_token, on_miss=on_miss, skip_below=skip_below,
+                             cache_bias=cache_bias)
         with silenced_stderr():  # the runtimes' C++ log lines; what goes wrong reaches us as an exception
             result = run(artifact, options, stream=sys.stdout)
     except EdgeError as e:
@@ -73,6 +90,8 @@ def command(artifact, options: RunOptions, report=None, quiet: bool = True) -> l
     argv = [sys.executable, "-m", "cosmoe_edge.runtime.cli", str(artifact)]
     for f in dataclasses.fields(options):
         flag, value = "--" + f.name.replace("_", "-"), getattr(options, f.name)
+        if value is None:  # the default, resolved against the artifact
+            continue
         argv.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag}={value}")
     if report is not None:
         argv.append(f"--report={report}")
@@ -109,6 +128,13 @@ def print_metrics(r: dict):
     ]
     if r["prefetch"]["issued"]:
         rows.append(("prefetch issued / useful", f"{r['prefetch']['issued']} / {r['prefetch']['useful']}"))
+    s = r["selection"]
+    rows.append((f"experts per token (on miss: {s['on_miss']})", str(s["experts_per_token"])))
+    if s["compressed"] or s["misses_skipped"] or s["bias_changed"]:
+        rows.append(("expert runs / compressed / skipped", f"{s['experts_run']} / {s['compressed']} (misses "
+                     f"{s['misses_compressed']}) / {s['misses_skipped']}"))
+    if s["cache_bias"]:
+        rows.append((f"top-k changed by cache bias {s['cache_bias']:g}", str(s["bias_changed"])))
     for row in rows:
         t.add_row(*row)
     Console(stderr=True).print(t)

@@ -19,13 +19,15 @@ from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.policies import DEFAULT
 from cosmoe_edge.runtime.routing import RoutingLog, route, route_cmoe
+from cosmoe_edge.runtime.selection import SelectionCounts, resolve, select
 from cosmoe_edge.runtime.store import ExpertStore
 
 
 class Engine:
     def __init__(self, artifact, backend: str = "onnx", *, budget_bytes: int | None = None, policy: str = DEFAULT,
                  verify: bool = True, prefetch: bool = False, threads: int = 1, trace: bool = False,
-                 on_cache_event=None):
+                 on_cache_event=None, experts_per_token: int | None = None, on_miss: str = "wait",
+                 skip_below: float = 0.5, cache_bias: float = 0.0):
         self.artifact = Path(artifact)
         self.manifest = m = load_manifest(self.artifact)
         self.backend = backend
@@ -40,6 +42,13 @@ class Engine:
             self.scale = np.asarray(spec["weight_scale"], dtype=np.float32)
             if prefetch:
                 raise RequestError("prefetch guesses with a linear router; this model's router is CMoE's (edge-carve)")
+        self.vectors = None
+        if "compressed_experts" in m:  # compressed experts: always resident, (E,D) per layer
+            t = load_file(str(check_file(self.artifact, m["compressed_experts"], verify)))
+            self.vectors = [t[f"layer_{i}"] for i in range(self.n_layers)]
+        self.selection = resolve(cfg, self.vectors is not None, experts_per_token, on_miss, skip_below, cache_bias,
+                                 self.cmoe)
+        self.counts = SelectionCounts()
         self.max_seq_len = cfg["max_seq_len"]
         self.chunk = m["layer_max_tokens"]
         self.expert_chunk = m["expert_max_tokens"]
@@ -62,11 +71,12 @@ class Engine:
 
         self.store = ExpertStore(self.artifact, backend, section, verify, threads)
         self.expert_bytes_total = self.store.total_cost()
-        self.min_budget = self.top_k * self.store.max_load_cost()
+        k_run = self.selection.experts_per_token
+        self.min_budget = k_run * self.store.max_load_cost()
         budget = self.expert_bytes_total if budget_bytes is None else budget_bytes
         if budget < self.min_budget:
             raise RequestError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
-                               f"(the {self.top_k} largest experts a layer may need at once)", "budget_too_small")
+                               f"(the {k_run} largest experts a layer may need at once)", "budget_too_small")
         self.cache = ExpertCache(self.store, budget, policy, (self.n_layers, cfg["num_experts"]), on_cache_event)
         self.prefetcher = ThreadPoolExecutor(1) if prefetch else None
         self.prefetch_issued = 0
@@ -123,25 +133,33 @@ class Engine:
             k_past, v_past = self.kv.past(layer, p0)
             h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, k_past, v_past, mask])
             self.kv.write(layer, p0, k, v)
+            theta = None
             if self.cmoe:
                 experts, weights = route_cmoe(logits, self.top_k, self.bias[layer], self.scale[layer])
+                self.counts.experts_run += experts.size
             else:
-                experts, weights = route(logits, self.top_k, self.renorm)
+                resident = None
+                if self.selection.needs_residency():
+                    resident = np.array([self.cache.is_resident((layer, e)) for e in range(logits.shape[1])])
+                experts, weights, theta = select(logits, self.top_k, self.renorm, self.selection,
+                                                 None if self.vectors is None else self.vectors[layer], resident,
+                                                 self.counts)
             self.routing.add(layer, p0, logits, experts, self.trace)
             self._prefetch_next(layer, x)
-            h = h + self._experts(layer, x, experts, weights)
+            h = h + self._experts(layer, x if theta is None else x * theta.astype(np.float32), experts, weights)
         self.pos += T
         return h
 
     def _experts(self, layer, x, experts, weights) -> np.ndarray:
-        """sum over each token's k experts of weight * expert(x); every expert runs once on all of
-        its tokens (in slices of the program's maximum), resident experts first, then by id. The sum
-        is taken in expert-id order whatever ran first: float addition is not associative, and with
-        k > 2 an order that followed residency made the output depend on the budget."""
+        """sum over each token's k experts of weight * expert(x) (an expert id of -1 does not run); every
+        expert runs once on all of its tokens (in slices of the program's maximum), resident experts first,
+        then by id. The sum is taken in expert-id order whatever ran first: float addition is not
+        associative, and with k > 2 an order that followed residency made the output depend on the budget."""
         resident = self.cache.is_resident
         if len(x) == 1:  # decode: one token, k distinct experts, no gathering
             row, ys = experts[0].tolist(), {}
-            for slot in sorted(range(len(row)), key=lambda s: (not resident((layer, row[s])), row[s])):
+            runs = [s for s in range(len(row)) if row[s] >= 0]
+            for slot in sorted(runs, key=lambda s: (not resident((layer, row[s])), row[s])):
                 key = (layer, row[slot])
                 ys[row[slot]] = np.float32(weights[0, slot]) * self.cache.get(key, pinned=frozenset({key})).run(
                     "forward", [x])[0]
@@ -150,7 +168,7 @@ class Engine:
                 out = ys[e] if out is None else out + ys[e]
             return out
         ys = {}
-        for e in sorted({int(e) for e in experts.ravel()}, key=lambda e: (not resident((layer, e)), e)):
+        for e in sorted({int(e) for e in experts.ravel() if e >= 0}, key=lambda e: (not resident((layer, e)), e)):
             key = (layer, e)
             program = self.cache.get(key, pinned=frozenset({key}))
             rows, slots = np.nonzero(experts == e)
@@ -179,7 +197,7 @@ class Engine:
         if layer + 1 >= self.n_layers:
             return
         w = self.routers[f"layer_{layer + 1}"]
-        guess = np.unique(route(x @ w.T, self.top_k)[0])
+        guess = np.unique(route(x @ w.T, self.selection.experts_per_token)[0])
         keys = [(layer + 1, int(e)) for e in guess if not self.cache.is_resident((layer + 1, int(e)))]
         if not keys:
             return

@@ -97,7 +97,8 @@ def expert_load_cost(entry: dict) -> int:
 
 def artifact_files(artifact: Path, manifest: dict) -> list[Path]:
     """Every file the manifest names that exists (what --cold drops from the page cache)."""
-    files = [artifact / manifest[k]["path"] for k in ("tokenizer", "embedding", "routers") if k in manifest]
+    files = [artifact / manifest[k]["path"] for k in ("tokenizer", "embedding", "routers", "compressed_experts")
+             if k in manifest]
     for section in manifest["backends"].values():
         files += [artifact / f["path"] for f in section["backbone"]["files"]]
         files += [artifact / e["path"] for e in section["experts"]]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from cosmoe_edge.errors import RequestError
 from cosmoe_edge.runtime.manifest import BACKENDS
 from cosmoe_edge.runtime.policies import DEFAULT, POLICIES
+from cosmoe_edge.runtime.selection import check_choices
 
 UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
@@ -42,6 +43,10 @@ class RunOptions:
     verify: bool = True  # sha256 of each file on its first load (sizes are always checked)
     threads: int = 1
     preload: bool = False  # load every expert before the prompt
+    experts_per_token: int | None = None  # None: the model's k_main (compressed experts), else its top_k
+    on_miss: str = "wait"  # wait, compressed or skip (runtime/selection.py)
+    skip_below: float = 0.5
+    cache_bias: float = 0.0
 
     def check(self) -> "RunOptions":
         """Raise RequestError for what no artifact could serve."""
@@ -58,5 +63,6 @@ class RunOptions:
             raise RequestError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0", "bad_option")
         if self.threads < 1:
             raise RequestError("--threads must be at least 1", "bad_option")
+        check_choices(self.experts_per_token, self.on_miss, self.skip_below, self.cache_bias)
         parse_budget(self.memory_budget, 0)  # its syntax; its size is checked against the artifact later
         return self

@@ -45,7 +45,7 @@ class RoutingLog:
 
     def add(self, layer: int, pos0: int, logits: np.ndarray, experts: np.ndarray, keep_trace: bool):
         for row in experts:
-            s = {int(e) for e in row}
+            s = {int(e) for e in row if e >= 0}  # -1: chosen but not run (runtime/selection.py)
             prev = self.last.get(layer)
             if prev is not None:
                 self.pairs += len(s)

@@ -13,7 +13,33 @@ from cosmoe_edge.runtime.manifest import artifact_files, backend_section, check_
 from cosmoe_edge.runtime.metrics import drop_page_cache, peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 from cosmoe_edge.runtime.options import RunOptions, parse_budget
 from cosmoe_edge.runtime.report import latency_summary, make_report
+from cosmoe_edge.runtime.selection import report_entry
 from cosmoe_edge.runtime.text import TextStream
+
+
+def open_engine(artifact: Path, manifest: dict, o: RunOptions, on_cache_event=None) -> tuple[Engine, float, float]:
+    """The engine `o` asks for, and the milliseconds spent importing the runtime and opening the artifact."""
+    section = backend_section(manifest, o.backend)  # a backend the artifact lacks fails before any import
+    t = time.perf_counter_ns()
+    import_runtime(o.backend, o.threads)
+    import_ms = (time.perf_counter_ns() - t) / 1e6
+    t = time.perf_counter_ns()
+    budget = parse_budget(o.memory_budget, sum(expert_cost(e) for e in section["experts"]))
+    engine = Engine(artifact, o.backend, budget_bytes=budget, policy=o.cache_policy, verify=o.verify,
+                    prefetch=o.prefetch, threads=o.threads, on_cache_event=on_cache_event,
+                    experts_per_token=o.experts_per_token, on_miss=o.on_miss, skip_below=o.skip_below,
+                    cache_bias=o.cache_bias)
+    if o.preload:
+        engine.preload()
+    return engine, import_ms, (time.perf_counter_ns() - t) / 1e6
+
+
+def load_tokenizer(artifact: Path, manifest: dict, verify: bool) -> Tokenizer:
+    tok_path = check_file(artifact, manifest["tokenizer"], verify)
+    try:
+        return Tokenizer.from_file(str(tok_path))
+    except Exception:  # noqa: BLE001  (the tokenizers library raises a bare Exception)
+        raise ArtifactError(f"{tok_path.name} is not a valid tokenizer file", "bad_tokenizer") from None
 
 
 def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> dict:
@@ -25,11 +51,7 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
     if o.cold:
         drop_page_cache(artifact_files(artifact, manifest))
     read0 = storage_read_bytes()
-    tok_path = check_file(artifact, manifest["tokenizer"], o.verify)
-    try:
-        tokenizer = Tokenizer.from_file(str(tok_path))
-    except Exception:  # noqa: BLE001  (the tokenizers library raises a bare Exception)
-        raise ArtifactError(f"{tok_path.name} is not a valid tokenizer file", "bad_tokenizer") from None
+    tokenizer = load_tokenizer(artifact, manifest, o.verify)
     prompt_ids = tokenizer.encode(o.prompt).ids
     if not prompt_ids:
         raise RequestError("the prompt encodes to no tokens", "empty_prompt")
@@ -37,17 +59,7 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
         raise RequestError(f"the prompt is {len(prompt_ids)} tokens; the model's context is "
                            f"{manifest['model']['max_seq_len']}", "too_long")
 
-    section = backend_section(manifest, o.backend)  # a backend the artifact lacks fails before any import
-    t = time.perf_counter_ns()
-    import_runtime(o.backend, o.threads)
-    import_ms = (time.perf_counter_ns() - t) / 1e6
-    t = time.perf_counter_ns()
-    budget = parse_budget(o.memory_budget, sum(expert_cost(e) for e in section["experts"]))
-    engine = Engine(artifact, o.backend, budget_bytes=budget, policy=o.cache_policy, verify=o.verify,
-                    prefetch=o.prefetch, threads=o.threads, on_cache_event=on_cache_event)
-    if o.preload:
-        engine.preload()
-    load_ms = (time.perf_counter_ns() - t) / 1e6
+    engine, import_ms, load_ms = open_engine(artifact, manifest, o, on_cache_event)
     rss_after_load = rss_bytes()
 
     if stream is not None:
@@ -88,6 +100,7 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
         expert_hit_rate=c.hits / (c.hits + c.misses) if c.hits + c.misses else 0.0,
         expert_switch_rate=engine.routing.switch_rate,
         prefetch={"issued": engine.prefetch_issued, "useful": c.prefetch_useful},
+        selection=report_entry(engine.selection, engine.counts),
         expert_load_ms=engine.store.load_ns / 1e6, expert_loads=engine.store.loads,
         preloaded=o.preload, process=process_id(),
     )

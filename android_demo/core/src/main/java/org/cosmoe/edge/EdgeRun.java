@@ -21,6 +21,11 @@ public final class EdgeRun {
         public double topP = 1.0;
         public long seed = 0;
         public boolean verify = true;
+        /** Experts that run per token; null: the model's default (Selection). */
+        public Integer expertsPerToken = null;
+        public String onMiss = "wait";
+        public double skipBelow = 0.5;
+        public double cacheBias = 0.0;
 
         /** The checks edge-run's command line makes before it starts. */
         public void validate() {
@@ -82,6 +87,10 @@ public final class EdgeRun {
         o.cachePolicy = req.cachePolicy;
         o.verify = req.verify;
         o.prefetch = req.prefetch;
+        o.expertsPerToken = req.expertsPerToken;
+        o.onMiss = req.onMiss;
+        o.skipBelow = req.skipBelow;
+        o.cacheBias = req.cacheBias;
         final Engine engine = EngineFactory.open(req.artifact, o, loader);
         Generator.Result result;
         Report r = new Report();
@@ -137,6 +146,15 @@ public final class EdgeRun {
         r.expertSwitchRate = engine.routing().switchRate();
         r.prefetchIssued = engine.prefetchIssued();
         r.prefetchUseful = c.prefetchUseful();
+        r.expertsPerToken = engine.selection.expertsPerToken;
+        r.onMiss = engine.selection.onMiss;
+        r.skipBelow = engine.selection.skipBelow;
+        r.cacheBias = engine.selection.cacheBias;
+        r.expertsRun = engine.counts.expertsRun;
+        r.compressed = engine.counts.compressed;
+        r.missesCompressed = engine.counts.missesCompressed;
+        r.missesSkipped = engine.counts.missesSkipped;
+        r.biasChanged = engine.counts.biasChanged;
         r.expertLoadMs = engine.store.loadNs() / 1e6;
         r.expertLoads = engine.store.loads();
         r.process = ProcStats.processId();

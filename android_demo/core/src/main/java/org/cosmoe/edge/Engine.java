@@ -51,10 +51,15 @@ public final class Engine implements AutoCloseable {
     private Future<?> prefetchPending;
     private RoutingLog routing;
     private int pos;
+    public final Selection selection;
+    public final Selection.Counts counts = new Selection.Counts();
+    /** Per layer, the (E, D) compressed-expert vectors; null when the artifact has none. */
+    private final float[][][] vectors;
 
     /** {@code routers} (one (E, D) matrix per layer) turns prefetch on; null leaves it off. */
     public Engine(ModelConfig cfg, Embedding embedding, Map<String, Part> parts, List<ProgramRunner> backbone,
-                  ExpertStore store, ExpertCache cache, float[][] routers, boolean trace) {
+                  ExpertStore store, ExpertCache cache, float[][] routers, boolean trace, Selection selection,
+                  float[][][] vectors) {
         this.cfg = cfg;
         this.embedding = embedding;
         this.parts = parts;
@@ -63,6 +68,8 @@ public final class Engine implements AutoCloseable {
         this.cache = cache;
         this.routers = routers;
         this.trace = trace;
+        this.selection = selection;
+        this.vectors = vectors;
         this.rope = new Rope(cfg.headDim, cfg.maxSeqLen, cfg.ropeTheta);
         this.kv = new KvCache(cfg.nLayers, cfg.nKvHeads, cfg.maxSeqLen, cfg.headDim);
         this.prefetcher = routers == null ? null : Executors.newSingleThreadExecutor();
@@ -127,10 +134,27 @@ public final class Engine implements AutoCloseable {
             }
             kv.write(layer, p0, out[3], out[4]);
             float[] x = out[1].toArray();
-            Router.Routing r = cfg.route(layer, out[2].toArray());
+            Router.Routing r;
+            float[][] theta = null;
+            if (cfg.cmoe()) {
+                r = cfg.route(layer, out[2].toArray());
+                counts.expertsRun += n * cfg.topK;
+            } else {
+                boolean[] resident = null;
+                if (selection.needsResidency()) {
+                    resident = new boolean[cfg.numExperts];
+                    for (int e = 0; e < cfg.numExperts; e++) {
+                        resident[e] = cache.isResident(new ExpertKey(layer, e));
+                    }
+                }
+                Selection.Result s = selection.select(out[2].toArray(), cfg.numExperts, cfg.topK, cfg.routerRenorm,
+                        vectors == null ? null : vectors[layer], resident, counts);
+                r = s.routing;
+                theta = s.theta;
+            }
             routing.add(layer, p0, r.experts);
             prefetchNext(layer, x, n);
-            float[] y = experts(layer, x, n, r);
+            float[] y = experts(layer, theta == null ? x : scaled(x, theta), n, r);
             float[] hOut = out[0].toArray();
             h = new float[n * d];
             for (int i = 0; i < h.length; i++) {
@@ -147,13 +171,25 @@ public final class Engine implements AutoCloseable {
      * sum is taken in expert-id order whatever ran first (float addition is not associative: with
      * k > 2 an order that followed residency made the output depend on the budget; engine.py too).
      */
+    /** Row t of x times theta[t]: the input of the experts that run when others stand in compressed. */
+    private static float[] scaled(float[] x, float[][] theta) {
+        float[] out = new float[x.length];
+        int d = theta[0].length;
+        for (int i = 0; i < x.length; i++) {
+            out[i] = x[i] * theta[i / d][i % d];
+        }
+        return out;
+    }
+
     private float[] experts(int layer, float[] x, int n, Router.Routing r) {
         int d = cfg.dim;
         float[] out = new float[n * d];
         TreeSet<Integer> needed = new TreeSet<>();
         for (int[] row : r.experts) {
             for (int e : row) {
-                needed.add(e);
+                if (e >= 0) {
+                    needed.add(e);
+                }
             }
         }
         final Set<Integer> resident = new HashSet<>();
@@ -252,7 +288,7 @@ public final class Engine implements AutoCloseable {
             }
         }
         TreeSet<Integer> guess = new TreeSet<>();
-        for (int[] row : Router.route(logits, numE, cfg.topK, cfg.routerRenorm).experts) {
+        for (int[] row : Router.route(logits, numE, selection.expertsPerToken, cfg.routerRenorm).experts) {
             for (int e : row) {
                 guess.add(e);
             }

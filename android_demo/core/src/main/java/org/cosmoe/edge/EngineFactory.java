@@ -28,6 +28,9 @@ public final class EngineFactory {
             throw new ArtifactException("prefetch guesses with a linear router; this model's router is CMoE's");
         }
         float[][] routers = o.prefetch ? routers(m, cfg, o.verify) : null;
+        float[][][] vectors = m.json.has("compressed_experts") ? vectors(m, cfg, o.verify) : null;
+        Selection selection = Selection.resolve(cfg, vectors != null, o.expertsPerToken, o.onMiss, o.skipBelow,
+                o.cacheBias);
         CachePolicy policy = CachePolicy.named(o.cachePolicy, cfg.nLayers, cfg.numExperts);
 
         JsonObject bb = Json.object(section, "backbone");
@@ -62,16 +65,16 @@ public final class EngineFactory {
             }
             ExpertStore store = new ExpertStore(m, experts, o.verify, loader);
             long total = store.totalCost();
-            long minBudget = minBudget(cfg.topK, store.maxCost());
+            long minBudget = minBudget(selection.expertsPerToken, store.maxCost());
             long budget = o.budgetBytes == null ? total : o.budgetBytes;
             if (budget < minBudget) {
                 throw new ArtifactException(String.format(Locale.ROOT, "memory budget %,d bytes is below the "
                         + "minimum of %,d bytes (the %d largest experts a layer may need at once)", budget, minBudget,
-                        cfg.topK), "budget_too_small");
+                        selection.expertsPerToken), "budget_too_small");
             }
             ExpertCache cache = new ExpertCache(store, budget, policy, o.onCacheEvent);
             return new Engine(cfg, embedding, parts, new ArrayList<>(programs.values()), store, cache, routers,
-                    o.trace);
+                    o.trace, selection, vectors);
         } catch (RuntimeException e) {
             for (ProgramRunner p : programs.values()) {
                 p.close();
@@ -80,9 +83,9 @@ public final class EngineFactory {
         }
     }
 
-    /** The smallest budget that works: the top_k largest experts one layer may need at once. */
-    public static long minBudget(int topK, long largestExpert) {
-        return topK * largestExpert;
+    /** The smallest budget that works: the largest experts one layer may need at once (k of them). */
+    public static long minBudget(int k, long largestExpert) {
+        return k * largestExpert;
     }
 
     /** [minimum budget, all experts' bytes] of a backend, for the budget slider. */
@@ -94,7 +97,24 @@ public final class EngineFactory {
             total += cost;
             max = Math.max(max, cost);
         }
-        return new long[] {minBudget(ModelConfig.of(m).topK, max), total};
+        ModelConfig cfg = ModelConfig.of(m);
+        return new long[] {minBudget(cfg.kMain > 0 ? cfg.kMain : cfg.topK, max), total};
+    }
+
+    /** compressed.safetensors: per layer, the (E, D) compressed-expert vectors. */
+    private static float[][][] vectors(Manifest m, ModelConfig cfg, boolean verify) {
+        SafeTensors st = SafeTensors.read(m.checkFile(m.entry("compressed_experts"), verify));
+        float[][][] out = new float[cfg.nLayers][cfg.numExperts][];
+        for (int l = 0; l < cfg.nLayers; l++) {
+            float[] flat = st.floats("layer_" + l);
+            if (flat.length != cfg.numExperts * cfg.dim) {
+                throw new ArtifactException("compressed.safetensors: layer_" + l + " should be (num_experts, dim)");
+            }
+            for (int e = 0; e < cfg.numExperts; e++) {
+                out[l][e] = java.util.Arrays.copyOfRange(flat, e * cfg.dim, (e + 1) * cfg.dim);
+            }
+        }
+        return out;
     }
 
     private static float[][] routers(Manifest m, ModelConfig cfg, boolean verify) {

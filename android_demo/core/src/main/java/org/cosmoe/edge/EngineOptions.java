@@ -12,4 +12,10 @@ public final class EngineOptions {
     /** Keep every step's routing choices (conformance tests). */
     public boolean trace = false;
     public ExpertCache.Listener onCacheEvent = null;
+    /** Experts that run per token; null: the model's k_main (compressed experts), else its top_k. */
+    public Integer expertsPerToken = null;
+    /** wait, compressed or skip (Selection). */
+    public String onMiss = "wait";
+    public double skipBelow = 0.5;
+    public double cacheBias = 0.0;
 }

@@ -25,10 +25,12 @@ public final class ModelConfig {
     public final float[][] weightScale;
     public final int layerMaxTokens;
     public final int expertMaxTokens;
+    /** Compressed experts: the experts that run per token by default, the rest standing in (model.k_main; 0: none). */
+    public final int kMain;
 
     public ModelConfig(int vocabSize, int dim, int nLayers, int nHeads, int nKvHeads, int headDim, int maxSeqLen,
                        double ropeTheta, int numExperts, int topK, boolean routerRenorm, float[][] selectionBias,
-                       float[][] weightScale, int layerMaxTokens, int expertMaxTokens) {
+                       float[][] weightScale, int layerMaxTokens, int expertMaxTokens, int kMain) {
         this.vocabSize = vocabSize;
         this.dim = dim;
         this.nLayers = nLayers;
@@ -44,6 +46,7 @@ public final class ModelConfig {
         this.weightScale = weightScale;
         this.layerMaxTokens = layerMaxTokens;
         this.expertMaxTokens = expertMaxTokens;
+        this.kMain = kMain;
     }
 
     public static ModelConfig of(Manifest manifest) {
@@ -68,7 +71,8 @@ public final class ModelConfig {
                 (int) Json.longValue(m, "num_experts"), (int) Json.longValue(m, "top_k"),
                 !m.has("router_renorm") || m.get("router_renorm").getAsBoolean(), bias, scale,
                 (int) Json.longValue(manifest.json, "layer_max_tokens"),
-                (int) Json.longValue(manifest.json, "expert_max_tokens"));
+                (int) Json.longValue(manifest.json, "expert_max_tokens"),
+                m.has("k_main") ? (int) Json.longValue(m, "k_main") : 0);
     }
 
     private static float[][] perLayer(JsonObject r, String key, int nLayers, int numExperts) {

@@ -13,7 +13,7 @@ import java.util.Map;
  */
 public final class Report {
     /** report.schema.json's report_version. */
-    public static final int VERSION = 2;
+    public static final int VERSION = 3;
 
     public String backend;
     public String quant;
@@ -44,6 +44,16 @@ public final class Report {
     public double expertSwitchRate;
     public int prefetchIssued;
     public int prefetchUseful;
+    /** The report's selection (cosmoe_edge/runtime/selection.py): the run's choices, then their counts. */
+    public int expertsPerToken;
+    public String onMiss = "wait";
+    public double skipBelow = 0.5;
+    public double cacheBias;
+    public int expertsRun;
+    public int compressed;
+    public int missesCompressed;
+    public int missesSkipped;
+    public int biasChanged;
     public double expertLoadMs;
     public int expertLoads;
     /** The Android demo has no preload option: always false. */
@@ -117,6 +127,17 @@ public final class Report {
         prefetch.put("issued", prefetchIssued);
         prefetch.put("useful", prefetchUseful);
         m.put("prefetch", prefetch);
+        Map<String, Object> selection = new LinkedHashMap<>();
+        selection.put("experts_per_token", expertsPerToken);
+        selection.put("on_miss", onMiss);
+        selection.put("skip_below", skipBelow);
+        selection.put("cache_bias", cacheBias);
+        selection.put("experts_run", expertsRun);
+        selection.put("compressed", compressed);
+        selection.put("misses_compressed", missesCompressed);
+        selection.put("misses_skipped", missesSkipped);
+        selection.put("bias_changed", biasChanged);
+        m.put("selection", selection);
         m.put("expert_load_ms", expertLoadMs);
         m.put("expert_loads", expertLoads);
         m.put("preloaded", preloaded);

@@ -40,7 +40,9 @@ public final class RoutingLog {
         for (int[] row : experts) {
             Set<Integer> s = new HashSet<>();
             for (int e : row) {
-                s.add(e);
+                if (e >= 0) {  // -1: chosen but not run (Selection)
+                    s.add(e);
+                }
             }
             Set<Integer> prev = last.get(layer);
             if (prev != null) {
