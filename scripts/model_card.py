@@ -29,7 +29,7 @@ def measure(path: Path, windows: int) -> dict:
     x, y = eval_windows(encode_stream(tok, val, eos_id(tok)), 256, windows)
     ev = evaluate(model, x, y)
     return {"model": model, "tok": tok, "meta": ckpt["meta"], "eval": ev, "params": param_summary(model),
-            "tokens": x.numel()}
+            "tokens": x.numel(), "x": x, "y": y}
 
 
 def table(results: dict) -> list[str]:

@@ -41,6 +41,26 @@ def test_bench_writes_schema_records_failures_and_isolates_runs(int4_artifact, t
     assert data["machine"]["memory_gbps"] > 0 and data["estimates_are_estimates"]
 
 
+def test_bench_selections_with_quality_draw_the_frontier(int4_artifact, tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "cosmoe_edge.bench.cli", str(int4_artifact), "--budgets", "50%", "--backends", "onnx",
+           "--policies", "lru", "--max-new-tokens", "8", "--repeats", "1", "--out", str(out),
+           "--selections", "default,k1,skip+below=0.6,bias=1", "--quality-tokens", "48"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {(row["budget"], row["selection"]): row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert {("50%", ""), ("50%", "k1"), ("50%", "skip+below=0.6"), ("50%", "bias=1")} <= set(rows)
+    for key in [k for k in rows if k[0] == "50%"]:
+        assert rows[key]["eval_tokens"] == 48 and rows[key]["perplexity"] > 1, key
+    k1 = rows[("50%", "k1")]["selection_counts"]
+    assert k1["experts_per_token"] == 1 and k1["experts_run"] > 0
+    assert rows[("50%", "bias=1")]["selection_counts"]["cache_bias"] == 1.0
+    assert (out / "frontier.png").is_file()
+    bad = subprocess.run(cmd[:-4] + ["--selections", "k1+later"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "cannot read selection 'k1+later' at 'later'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_ram_cap_runs_under_a_cgroup_and_records_oom(int4_artifact, tmp_path):
     from cosmoe_edge.bench.ramcap import unavailable
 

@@ -14,6 +14,8 @@ from cosmoe_edge.errors import RequestError
 from cosmoe_edge.runtime import report as rep
 from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.cli import app, command
+from cosmoe_edge.runtime.eval_cli import app as eval_app
+from cosmoe_edge.runtime.eval_cli import command as eval_command
 from cosmoe_edge.runtime.generate import Sampler
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.options import RunOptions, parse_budget
@@ -204,7 +206,8 @@ def test_command_line_parses_back_into_the_same_options():
     """command() (how edge-bench starts a run) and edge-run's options cannot drift apart."""
     o = RunOptions(prompt="--dash first", max_new_tokens=7, backend="onnx", memory_budget="12.5%",
                    cache_policy="lfu", prefetch=True, temperature=0.7, top_k=3, top_p=0.9, seed=5, cold=True,
-                   verify=False, threads=2, preload=True)
+                   verify=False, threads=2, preload=True, experts_per_token=1, on_miss="skip", skip_below=0.3,
+                   cache_bias=1.5)
     for options in (o, RunOptions(prompt="x")):
         argv = command("art", options, report="r.json")
         assert argv[1:3] == ["-m", "cosmoe_edge.runtime.cli"]
@@ -212,6 +215,14 @@ def test_command_line_parses_back_into_the_same_options():
         params = ctx.params
         assert str(params.pop("artifact")) == "art" and str(params.pop("report")) == "r.json" and params.pop("quiet")
         assert params == dataclasses.asdict(options)
+        # edge-eval takes the same runtime options (not the prompt nor sampling)
+        argv = eval_command("art", options, 99, report="e.json")
+        params = typer.main.get_command(eval_app).make_context("edge-eval", argv[3:]).params
+        assert params.pop("tokens") == 99 and str(params.pop("report")) == "e.json" and params.pop("quiet")
+        assert str(params.pop("artifact")) == "art" and params.pop("text") is None and params.pop("window") == 256
+        runtime = {k: v for k, v in dataclasses.asdict(options).items()
+                   if k not in ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+        assert params == runtime
 
 
 def full_report(**change) -> dict:

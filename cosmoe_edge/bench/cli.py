@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cosmoe_edge.bench.runs import Config, all_resident, matrix, reduce, run_once
+from cosmoe_edge.bench.runs import Config, all_resident, matrix, reduce, run_eval, run_once
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 DEFAULT_PROMPTS = ["The list type is"]
@@ -117,6 +117,14 @@ def main(
                                                        "phone-ufs3, phone-ufs4, laptop-nvme, or YAML files.")] = None,
     threads: Annotated[str, typer.Option(help="Comma-separated thread counts per run (edge-run --threads; with "
                                               "--peer, both engines').")] = "1",
+    selections: Annotated[str, typer.Option(help="Comma-separated choices of which experts run, each a dimension of the "
+                                                 "budget runs: '+'-joined k<N> (--experts-per-token), wait, "
+                                                 "compressed or skip (--on-miss), below=<W> (--skip-below), "
+                                                 "bias=<D> (--cache-bias); default: the artifact's own. E.g. "
+                                                 "default,k1,compressed,skip+below=0.5,bias=1.")] = "default",
+    quality_tokens: Annotated[int, typer.Option(help="Also score each budget run's configuration with edge-eval on "
+                                                     "this many held-out tokens (0: off): perplexity next to speed, "
+                                                     "and the speed-quality frontier plot.")] = 0,
     peer: Annotated[str | None, typer.Option(help="llama.cpp: instead of the budget matrix, run ARTIFACT and llama.cpp "
                                                   "side by side on the same weights (--model: the checkpoint ARTIFACT "
                                                   "was exported from; it is converted to GGUF and quantised). "
@@ -177,6 +185,16 @@ def main(
     if peer is not None:
         return side_by_side(artifacts, model, peer, out, backend_list, thread_list, split_list(peer_quants),
                             split_list(peer_variants), ram_cap, prompt_list[0], max_new_tokens, temperature, repeats)
+    from cosmoe_edge.bench.runs import parse_selection
+
+    selection_list = ["" if p == "default" else p for p in split_list(selections)] or [""]
+    try:
+        for spec in selection_list:
+            parse_selection(spec)
+    except ValueError as e:
+        fail(str(e))
+    if quality_tokens < 0:
+        fail("--quality-tokens must be >= 0")
     caps = [None]
     if ram_cap:
         from cosmoe_edge.bench.ramcap import unavailable
@@ -194,7 +212,7 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
 
     configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold, caps,
-                     thread_list)
+                     thread_list, selection_list)
     if model is not None:
         configs.append(Config(str(model), "eager", "all", "eager", False, False))
     hw = machine() | {"temperature": temperature}
@@ -207,7 +225,8 @@ def main(
 
         hw["int4_gops"] = int4_gops()
     rows = []
-    total = len(configs) * len(prompt_list) * repeats
+    quality = [c for c in configs if quality_tokens and c.policy != "eager" and c.policy != "none"]
+    total = len(configs) * len(prompt_list) * repeats + len(quality)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("benchmark", total=total)
@@ -219,6 +238,10 @@ def main(
                     reports.append(run_once(c, p, max_new_tokens, str(model) if model else None, temperature))
                     bar.advance(task)
             rows.append(reduce(c, reports))
+            if c in quality:
+                bar.update(task, description=f"{c.label} @ {c.budget}: edge-eval")
+                rows[-1] |= run_eval(c, quality_tokens)
+                bar.advance(task)
     add_bounds(rows, manifests, hw)
     if devices:
         add_estimates(rows, manifests, hw, devices)
@@ -339,6 +362,9 @@ def print_summary(rows, hw, devices):
                     f"storage {hw['storage_gbps']:.2f} GB/s (O_DIRECT){cold}")
     cols = ["configuration", "budget", "decode tok/s", "of bound", "ttft ms", "hit rate", "switch rate", "peak RSS MB",
             "read KB/tok"]
+    quality = any("perplexity" in r for r in rows)
+    if quality:
+        cols += ["perplexity"]
     if devices:
         cols += ["formula here tok/s"] + [f"ESTIMATE {d.name} tok/s" for d in devices]
     for c in cols:
@@ -354,6 +380,8 @@ def print_summary(rows, hw, devices):
                  f"{r['ttft_ms']:.1f}", f"{r['expert_hit_rate']:.1%}", f"{r['expert_switch_rate']:.2f}",
                  f"{r['peak_rss_bytes'] / 1e6:.0f}",
                  f"{r['storage_read_bytes'] / max(1, r['generated_tokens']) / 1e3:.1f}"]
+        if quality:
+            cells.append(f"{r['perplexity']:.3f}" if "perplexity" in r else r.get("eval_error", "")[:40])
         if devices:
             cells += [f"{r[k]:.0f}" if (k := f"estimate_{d}_tokens_per_s") in r else ""
                       for d in ["this-machine"] + [d.name for d in devices]]

@@ -20,7 +20,8 @@ def budget_fraction(row) -> float | None:
 
 
 def variant(row) -> str:
-    return row["policy"] + ("+prefetch" if row.get("prefetch") else "")
+    return (row["policy"] + ("+prefetch" if row.get("prefetch") else "")
+            + (f" [{row['selection']}]" if row.get("selection") else ""))
 
 
 def panels(rows):
@@ -107,6 +108,9 @@ def draw(rows, out_dir: Path, machine: str, date: str) -> list[Path]:
         plt.close(fig)
         written.append(out_dir / name)
 
+    if any("perplexity" in r for r in rows):
+        written.append(frontier(plt, rows, out_dir / "frontier.png", f"{machine}, {date}", cold))
+
     devices = sorted({k[len("estimate_"):-len("_tokens_per_s")] for r in rows for k in r
                       if k.startswith("estimate_") and k.endswith("_tokens_per_s")} - {"this-machine"})
     if devices:
@@ -125,3 +129,32 @@ def draw(rows, out_dir: Path, machine: str, date: str) -> list[Path]:
         plt.close(fig)
         written.append(out_dir / "decode_estimates.png")
     return written
+
+
+def frontier(plt, rows, path: Path, where: str, cold: bool) -> Path:
+    """The speed-quality frontier: per artifact and backend, decode tokens/s against edge-eval's perplexity,
+    one marker per budget, one point per selection (labelled), the all-resident run as the reference."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if "perplexity" in r and "decode_tokens_per_s" in r:
+            groups[(Path(r["artifact"]).name, r["backend"])][r["budget"]].append(r)
+    fig, axes = _grid(plt, len(groups))
+    for ax, (key, budgets) in zip(axes, sorted(groups.items()), strict=False):
+        for (budget, pts), marker in zip(sorted(budgets.items(), key=lambda b: -(budget_fraction(b[1][0]) or 1)),
+                                         "osD^v<>p*", strict=False):
+            ax.scatter([r["perplexity"] for r in pts], [r["decode_tokens_per_s"] for r in pts], marker=marker,
+                       label=f"budget {budget}")
+            for r in pts:
+                ax.annotate(r.get("selection") or "default", (r["perplexity"], r["decode_tokens_per_s"]),
+                            fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.set_title(f"{key[0]} / {key[1]}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("held-out perplexity (edge-eval)", fontsize=8)
+        ax.set_ylabel("decode tokens/s", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"speed-quality frontier{' (cold)' if cold else ''} - {where}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -26,6 +26,7 @@ class Config:
     ram_cap: int | None = None  # bytes: the run's memory cgroup limit (bench/ramcap.py); None: uncapped
     threads: int = 1
     preload: bool = False  # every expert loaded before the prompt (as llama.cpp's warmup does)
+    selection: str = ""  # which experts run (parse_selection); "": the artifact's defaults
 
     @property
     def label(self) -> str:
@@ -33,18 +34,53 @@ class Config:
             return "eager fp32 (PyTorch)"
         return (f"{Path(self.artifact).name}/{self.backend}/{self.policy}" + ("+prefetch" if self.prefetch else "")
                 + (f" cap {self.ram_cap / 2**20:.0f}MiB" if self.ram_cap else "")
-                + (f" t{self.threads}" if self.threads != 1 else "") + (" preload" if self.preload else ""))
+                + (f" t{self.threads}" if self.threads != 1 else "") + (" preload" if self.preload else "")
+                + (f" [{self.selection}]" if self.selection else ""))
+
+    def run_options(self, **kw) -> RunOptions:
+        """The edge-run options of this configuration (kw: the prompt and sampling)."""
+        return RunOptions(backend=self.backend, memory_budget=self.budget, cache_policy=self.policy,
+                          prefetch=self.prefetch, cold=self.cold, threads=self.threads, preload=self.preload,
+                          **parse_selection(self.selection), **kw)
 
 
-def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_caps=(None,), threads=(1,)) -> list[Config]:
+def parse_selection(spec: str) -> dict:
+    """edge-bench's name for a set of edge-run selection options: '+'-joined parts, each k<N>
+    (--experts-per-token N), wait / compressed / skip (--on-miss), below=<W> (--skip-below W) or bias=<D>
+    (--cache-bias D); e.g. "k1", "compressed", "skip+below=0.3", "bias=1". "" or "default": none of them."""
+    out = {}
+    for part in filter(None, spec.split("+")):
+        try:
+            if part == "default":
+                continue
+            if part in ("wait", "compressed", "skip"):
+                out["on_miss"] = part
+            elif part.startswith("k") and part[1:].isdigit():
+                out["experts_per_token"] = int(part[1:])
+            elif part.startswith("below="):
+                out["skip_below"] = float(part[6:])
+            elif part.startswith("bias="):
+                out["cache_bias"] = float(part[5:])
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"cannot read selection {spec!r} at {part!r}: use '+'-joined k<N>, wait, compressed, "
+                             "skip, below=<W>, bias=<D>") from None
+    return out
+
+
+def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_caps=(None,), threads=(1,),
+           selections=("",)) -> list[Config]:
     """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend/thread
-    count (uncapped). Each RAM cap repeats the budget/policy combinations under that cap."""
+    count (uncapped). Each RAM cap repeats the budget/policy combinations under that cap; each selection
+    the budgets'."""
     out = []
     for a, b, t in itertools.product(artifacts, backends, threads):
         out.append(Config(a, b, "all", "lru", False, cold, threads=t))
         out.append(Config(a, b, "all", "none", False, cold, threads=t))
-        for cap, budget, policy, pre in itertools.product(ram_caps, budgets, policies, prefetch_modes):
-            c = Config(a, b, budget, policy, pre, cold, cap, t)
+        for cap, budget, policy, pre, sel in itertools.product(ram_caps, budgets, policies, prefetch_modes,
+                                                                selections):
+            c = Config(a, b, budget, policy, pre, cold, cap, t, selection=sel)
             if c not in out:
                 out.append(c)
     return out
@@ -57,10 +93,8 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, tem
             cmd = [sys.executable, "-m", "cosmoe_edge.bench.eager", model, "--prompt", prompt, "--max-new-tokens",
                    str(max_new_tokens), "--report", str(report)]
         else:
-            cmd = command(c.artifact, RunOptions(prompt=prompt, max_new_tokens=max_new_tokens, backend=c.backend,
-                                                 memory_budget=c.budget, cache_policy=c.policy, prefetch=c.prefetch,
-                                                 cold=c.cold, temperature=temperature, threads=c.threads,
-                                                 preload=c.preload), report=report)
+            cmd = command(c.artifact, c.run_options(prompt=prompt, max_new_tokens=max_new_tokens,
+                                                    temperature=temperature), report=report)
         if c.ram_cap:
             from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
 
@@ -80,6 +114,23 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, tem
         if cap_peak is not None:
             r["cgroup_peak_bytes"] = cap_peak  # page cache included, as the cap saw it
         return r
+
+
+def run_eval(c: Config, tokens: int) -> dict:
+    """edge-eval of this configuration in a fresh process: perplexity of the artifact's held-out text as the
+    runtime runs it, with that run's speed and misses (the quality axis of the speed-quality frontier)."""
+    from cosmoe_edge.runtime.eval_cli import command as eval_command
+
+    with tempfile.TemporaryDirectory() as d:
+        report = Path(d) / "eval.json"
+        p = subprocess.run(eval_command(c.artifact, c.run_options(prompt="-"), tokens, report), capture_output=True,
+                           text=True)
+        if p.returncode != 0:
+            lines = (p.stderr or p.stdout).strip().splitlines()
+            return {"eval_error": lines[-1] if lines else f"exit code {p.returncode}"}
+        r = json.loads(report.read_text())
+    return {"perplexity": r["perplexity"], "eval_tokens": r["tokens_scored"], "eval_tokens_per_s": r["tokens_per_s"],
+            "eval_misses_per_token": r["misses_per_token"]}
 
 
 def reduce(c: Config, reports: list[dict]) -> dict:
@@ -104,6 +155,7 @@ def reduce(c: Config, reports: list[dict]) -> dict:
         row["cgroup_peak_bytes"] = statistics.median(r["cgroup_peak_bytes"] for r in ok)
     row["prefetch_issued"] = statistics.median(r["prefetch"]["issued"] for r in ok)
     row["prefetch_useful"] = statistics.median(r["prefetch"]["useful"] for r in ok)
+    row["selection_counts"] = ok[0]["selection"]
     row["text"] = ok[0].get("text", "")
     row["processes"] = [r.get("process") for r in ok]
     return row

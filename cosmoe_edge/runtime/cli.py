@@ -84,11 +84,15 @@ def main(
         print_metrics(result)
 
 
-def command(artifact, options: RunOptions, report=None, quiet: bool = True) -> list[str]:
+def command(artifact, options: RunOptions, report=None, quiet: bool = True, module: str = "cosmoe_edge.runtime.cli",
+            skip: tuple[str, ...] = ()) -> list[str]:
     """The edge-run command line for these options, as `python -m cosmoe_edge.runtime.cli`: how edge-bench
-    and the figure scripts start a run in a fresh process (a test parses it back into the same options)."""
-    argv = [sys.executable, "-m", "cosmoe_edge.runtime.cli", str(artifact)]
+    and the figure scripts start a run in a fresh process (a test parses it back into the same options).
+    module, skip: another command taking the same options (edge-eval), and the fields it does not take."""
+    argv = [sys.executable, "-m", module, str(artifact)]
     for f in dataclasses.fields(options):
+        if f.name in skip:
+            continue
         flag, value = "--" + f.name.replace("_", "-"), getattr(options, f.name)
         if value is None:  # the default, resolved against the artifact
             continue

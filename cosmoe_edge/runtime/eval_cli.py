@@ -77,5 +77,14 @@ def main(
           f"on miss {s['on_miss']}, cache bias {s['cache_bias']:g}")
 
 
+def command(artifact, options: RunOptions, tokens: int, report=None) -> list[str]:
+    """The edge-eval command line for these options (edge-run's, less the prompt and sampling)."""
+    from cosmoe_edge.runtime.cli import command as run_command
+
+    argv = run_command(artifact, options, report, module="cosmoe_edge.runtime.eval_cli",
+                       skip=("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"))
+    return argv + [f"--tokens={tokens}"]
+
+
 if __name__ == "__main__":
     app()

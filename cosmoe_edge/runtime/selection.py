@@ -119,6 +119,6 @@ def select(logits: np.ndarray, top_k: int, renorm: bool, s: Selection, vectors: 
         counts.compressed += int(aux.sum())
         a = np.where(aux, p, 0)
         total = a.sum(-1, keepdims=True)
-        theta = np.einsum("tk,tkd->td", a / np.where(total > 0, total, 1), vectors[experts])
+        theta = np.matmul((a / np.where(total > 0, total, 1))[:, None, :], vectors[experts])[:, 0]
         theta[total[:, 0] == 0] = 1.0  # no stand-ins for this token: its input unchanged
     return np.where(runs, experts, -1), weights.astype(np.float32), theta
