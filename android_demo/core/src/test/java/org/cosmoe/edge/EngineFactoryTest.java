@@ -180,6 +180,38 @@ public class EngineFactoryTest {
     }
 
     @Test
+    public void compressedExpertsRunOneExpertOnTheScaledInput() throws IOException {
+        a.kMain = 1;
+        a.compressedValue = 1.5f;  // every vector 1.5: theta = 1.5 whichever expert stands in
+        File root = a.write(tmp.newFolder());
+        RecordedPrograms programs = new RecordedPrograms(new SyntheticScript(a), a);
+        int[] prompt = ids(6);
+        try (Engine engine = open(root, new EngineOptions(), programs)) {
+            Generator.generate(engine, prompt, 3, Sampler.greedy(), null, null, null);
+            int tokens = prompt.length + 2;
+            assertEquals(1, engine.selection.expertsPerToken);
+            assertEquals(tokens * a.nLayers, engine.counts.expertsRun);
+            assertEquals(tokens * a.nLayers, engine.counts.compressed);
+        }
+        // layer 0's experts see the embedding rows (x passes through the recorded layer) times theta
+        List<float[]> rows = programs.expertInputs.get(0);
+        for (int t = 0; t < prompt.length; t++) {
+            float[] want = new float[a.dim];
+            for (int c = 0; c < a.dim; c++) {
+                want[c] = TestArtifact.embeddingValue(prompt[t], c) * 1.5f;
+            }
+            boolean found = false;
+            for (float[] r : rows) {
+                found |= Arrays.equals(r, want);
+            }
+            assertTrue("no expert got token " + t + "'s row times theta", found);
+        }
+        EngineOptions o = new EngineOptions();
+        o.expertsPerToken = 3;
+        expectKind("bad_option", root, o, "--experts-per-token must be between 1 and the model's top-k (2), not 3");
+    }
+
+    @Test
     public void prefetchStaysWithinTheBudget() throws IOException {
         File root = a.write(tmp.newFolder());
         for (long budget : new long[] {2000, 3000, 8000}) {

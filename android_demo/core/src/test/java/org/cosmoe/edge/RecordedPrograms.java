@@ -32,6 +32,8 @@ final class RecordedPrograms implements ProgramLoader {
     private final Script script;
     private final TestArtifact a;
     private int headCalls;
+    /** Per layer, every row an expert program was given as input. */
+    final List<List<float[]>> expertInputs = new ArrayList<>();
     /** What every element of expert (layer, e)'s output is, indexed [layer][e]; null: zeros. */
     float[][] expertValues;
 
@@ -166,6 +168,13 @@ final class RecordedPrograms implements ProgramLoader {
             shape(in[0], "expert x", rows, a.dim);
             check(rows >= 1 && rows <= a.expertMaxTokens, rows + " rows for an expert program");
             calls.add("expert " + layer + " " + expert + " " + rows);
+            while (expertInputs.size() <= layer) {
+                expertInputs.add(new ArrayList<float[]>());
+            }
+            float[] x = in[0].toArray();
+            for (int r = 0; r < rows; r++) {
+                expertInputs.get(layer).add(java.util.Arrays.copyOfRange(x, r * a.dim, (r + 1) * a.dim));
+            }
             float[] y = new float[rows * a.dim];
             if (expertValues != null) {
                 java.util.Arrays.fill(y, expertValues[layer][expert]);

@@ -35,6 +35,9 @@ final class TestArtifact {
     Integer eosId = null;
     /** The manifest's "routing" (a CMoE-carved model's), or null for the softmax router. */
     JsonObject routing = null;
+    /** Compressed experts: model.k_main, and the value of every element of every vector (0: none). */
+    int kMain = 0;
+    float compressedValue = 1f;
     /** resident_bytes per (layer, expert); missing: 1000. */
     final Map<ExpertKey, Long> costs = new LinkedHashMap<>();
 
@@ -53,6 +56,9 @@ final class TestArtifact {
         model.addProperty("rope_theta", 10000.0);
         model.addProperty("num_experts", numExperts);
         model.addProperty("top_k", topK);
+        if (kMain > 0) {
+            model.addProperty("k_main", kMain);
+        }
         manifest.add("model", model);
         if (routing != null) {
             manifest.add("routing", routing);
@@ -84,6 +90,16 @@ final class TestArtifact {
         }
         manifest.add("routers", entry(root, "routers.safetensors",
                 safetensors(routers, new long[] {numExperts, dim})));
+        if (kMain > 0) {
+            Map<String, float[]> vectors = new LinkedHashMap<>();
+            for (int l = 0; l < nLayers; l++) {
+                float[] v = new float[numExperts * dim];
+                java.util.Arrays.fill(v, compressedValue);
+                vectors.put("layer_" + l, v);
+            }
+            manifest.add("compressed_experts", entry(root, "compressed.safetensors",
+                    safetensors(vectors, new long[] {numExperts, dim})));
+        }
 
         JsonObject backbone = new JsonObject();
         JsonArray files = new JsonArray();
