@@ -5,6 +5,8 @@ kinds: tests/conformance/manifest_cases.json). Anything else that escapes is a b
 traceback.
 """
 
+import sys
+
 
 class EdgeError(Exception):
     def __init__(self, message: str, kind: str):
@@ -71,3 +73,11 @@ class CorpusError(EdgeError):
 
     def __init__(self, message: str, kind: str = "bad_corpus"):
         super().__init__(message, kind)
+
+
+def exit_error(tool: str, msg: str, code: int = 2):
+    """How every command ends on an error a user can cause: one line on stderr, no traceback, exit `code`."""
+    import typer
+
+    print(f"{tool}: error: {msg}", file=sys.stderr)
+    raise typer.Exit(code)

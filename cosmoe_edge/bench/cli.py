@@ -6,22 +6,21 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cosmoe_edge.bench.runs import Config, all_resident, matrix, reduce, run_eval, run_once
+from cosmoe_edge.errors import exit_error
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 DEFAULT_PROMPTS = ["The list type is"]
 
 
-def fail(msg: str):
-    print(f"edge-bench: error: {msg}", file=sys.stderr)
-    raise typer.Exit(2)
+fail = partial(exit_error, "edge-bench")  # one line on stderr, exit code 2 (or the one given)
 
 
 def machine() -> dict:

@@ -2,19 +2,19 @@
 
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cosmoe_edge.errors import exit_error
 from cosmoe_edge.runtime.manifest import BACKENDS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def fail(msg: str, code: int = 2):
-    print(f"edge-export: error: {msg}", file=sys.stderr)
-    raise typer.Exit(code)
+fail = partial(exit_error, "edge-export")  # one line on stderr, exit code 2 (or the one given)
 
 
 def human(n: float) -> str:

@@ -1,17 +1,17 @@
 """edge-convert: a CoSMoE checkpoint in a format other engines read."""
 
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cosmoe_edge.errors import exit_error
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def fail(msg: str, code: int = 2):
-    print(f"edge-convert: error: {msg}", file=sys.stderr)
-    raise typer.Exit(code)
+fail = partial(exit_error, "edge-convert")  # one line on stderr, exit code 2 (or the one given)
 
 
 @app.command(help="Write MODEL (a model.pt with plain SwiGLU experts) in a format other engines read: --to hf, a "

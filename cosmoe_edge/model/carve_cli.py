@@ -1,18 +1,18 @@
 """edge-carve: a dense model.pt -> an MoE model.pt whose experts are the dense FFN's neurons (CMoE)."""
 
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cosmoe_edge.errors import exit_error
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def fail(msg: str, code: int = 2):
-    print(f"edge-carve: error: {msg}", file=sys.stderr)
-    raise typer.Exit(code)
+fail = partial(exit_error, "edge-carve")  # one line on stderr, exit code 2 (or the one given)
 
 
 def training_texts() -> list[str]:

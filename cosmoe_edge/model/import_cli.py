@@ -2,17 +2,18 @@
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cosmoe_edge.errors import exit_error
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def fail(msg: str, code: int = 2):
-    print(f"edge-import: error: {msg}", file=sys.stderr)
-    raise typer.Exit(code)
+fail = partial(exit_error, "edge-import")  # one line on stderr, exit code 2 (or the one given)
 
 
 @app.command(help="Import SOURCE, a transformers checkpoint folder (config.json, safetensors, tokenizer) or a "

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import typer
 
-from cosmoe_edge.errors import CheckpointError, EdgeError
+from cosmoe_edge.errors import CheckpointError, EdgeError, exit_error
 from cosmoe_edge.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from cosmoe_edge.model.config import PRESETS, ModelConfig
 from cosmoe_edge.model.data import (
@@ -353,9 +354,7 @@ def main(
         fail(str(e))
 
 
-def fail(msg: str):
-    print(f"edge-train: error: {msg}", file=sys.stderr)
-    raise typer.Exit(2)
+fail = partial(exit_error, "edge-train")  # one line on stderr, exit code 2 (or the one given)
 
 
 if __name__ == "__main__":

@@ -3,21 +3,20 @@
 import dataclasses
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cosmoe_edge.errors import EdgeError
+from cosmoe_edge.errors import EdgeError, exit_error
 from cosmoe_edge.runtime.options import RunOptions
 from cosmoe_edge.runtime.policies import DEFAULT
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def fail(msg: str, code: int = 2):
-    print(f"edge-run: error: {msg}", file=sys.stderr)
-    raise typer.Exit(code)
+fail = partial(exit_error, "edge-run")  # one line on stderr, exit code 2 (or the one given)
 
 
 @app.command(help="Generate text from an ARTIFACT written by edge-export. Experts are loaded from storage when "

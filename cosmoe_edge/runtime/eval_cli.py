@@ -1,22 +1,20 @@
 """edge-eval: perplexity of an artifact as the runtime runs it, under the same options as edge-run."""
 
 import json
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cosmoe_edge.errors import EdgeError
+from cosmoe_edge.errors import EdgeError, exit_error
 from cosmoe_edge.runtime.options import RunOptions
 from cosmoe_edge.runtime.policies import DEFAULT
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def fail(msg: str, code: int = 2):
-    print(f"edge-eval: error: {msg}", file=sys.stderr)
-    raise typer.Exit(code)
+fail = partial(exit_error, "edge-eval")  # one line on stderr, exit code 2 (or the one given)
 
 
 @app.command(help="Perplexity of an ARTIFACT as edge-run runs it: the text is fed one token at a time (teacher "
