@@ -33,6 +33,16 @@ def test_bles_lowers_switch_rate(tmp_path, small_corpus):
                                                                        base["switch_rate_mean"])
 
 
+def test_reuse_reward_lowers_switch_rate(tmp_path, small_corpus):
+    opts = TrainOptions(steps=80, eval_every=80, lr=3e-3, **FAST)
+    base = run(tiny_config(bles_weight=0.0), opts, tmp_path / "a.pt", small_corpus, None, quiet=True)
+    reuse = run(tiny_config(bles_weight=0.0, reuse_weight=0.1, lb_scope="batch", router_z_weight=1e-3),
+                TrainOptions(steps=80, eval_every=80, lr=3e-3, sticky_from=0.25, **FAST), tmp_path / "r.pt",
+                small_corpus, None, quiet=True)
+    assert reuse["switch_rate_mean"] < 0.7 * base["switch_rate_mean"], (reuse["switch_rate_mean"],
+                                                                        base["switch_rate_mean"])
+
+
 def test_resume_continues_exactly(tmp_path, small_corpus):
     torch.set_num_threads(1)
     opts = TrainOptions(steps=12, eval_every=100, **FAST)

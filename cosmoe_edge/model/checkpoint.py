@@ -19,7 +19,7 @@ REQUIRED_KEYS = ("config", "state_dict", "tokenizer", "meta")
 def save_checkpoint(path, model: CoSMoE, tokenizer_json: str, meta: dict, train_state: dict | None = None,
                     dtype: torch.dtype | None = None):
     """Atomic: written to a temporary file beside `path`, then renamed over it."""
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().clone()
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().clone()
              for k, v in model.state_dict().items()}
     ckpt = {"config": model.cfg.to_dict(), "state_dict": state, "tokenizer": tokenizer_json, "meta": meta}
     if train_state is not None:

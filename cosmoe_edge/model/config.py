@@ -42,6 +42,9 @@ class ModelConfig:
     # shrinking its logits (with top-k weights renormalised, a flat router costs the LM nothing, and
     # the literal "softmax" form trains to exactly that: entropy log E, switch rate unchanged)
     bles_form: str = "standardized"
+    reuse_weight: float = 0.0  # the reuse reward (losses.reuse_loss), an alternative to BlES
+    router_z_weight: float = 0.0  # router z-loss (ST-MoE)
+    lb_scope: str = "sequence"  # load balancing per "sequence" (CoSMoE) or over the "batch"
 
     def __post_init__(self):
         if self.dim % self.n_heads:
@@ -56,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"expert_kind must be 'swiglu' or 'wd', not {self.expert_kind!r}")
         if self.bles_form not in ("standardized", "softmax"):
             raise ValueError(f"bles_form must be 'standardized' or 'softmax', not {self.bles_form!r}")
+        if self.lb_scope not in ("sequence", "batch"):
+            raise ValueError(f"lb_scope must be 'sequence' or 'batch', not {self.lb_scope!r}")
         if self.router_kind not in ("softmax", "cmoe"):
             raise ValueError(f"router_kind must be 'softmax' or 'cmoe', not {self.router_kind!r}")
         if self.shared_expert_gate and not self.shared_expert_hidden:
@@ -86,7 +91,7 @@ class ModelConfig:
         top_k routed experts plus the shared expert (router FLOPs, d*E, are negligible)."""
         d = self.to_dict()
         d.update(ffn="dense", dense_hidden=self.top_k * self.active_expert_hidden + self.shared_expert_hidden,
-                 bles_weight=0.0, lb_weight=0.0)
+                 bles_weight=0.0, lb_weight=0.0, reuse_weight=0.0, router_z_weight=0.0)
         return ModelConfig(**d)
 
     @property

@@ -4,15 +4,31 @@ import torch
 import torch.nn.functional as F
 
 
-def load_balance_loss(probs, experts):
-    """Switch-style balance computed per sequence, then averaged: E * sum_e f_e * P_e, where f_e is
-    the share of the sequence's top-k slots given to expert e and P_e its mean router probability.
-    Per sequence (CoSMoE's choice): a batch-level loss is satisfied by sequences that each use a
-    single expert, which defeats the point of having several."""
+def load_balance_loss(probs, experts, scope: str = "sequence"):
+    """Switch-style balance E * sum_e f_e * P_e, where f_e is the share of top-k slots given to expert e
+    and P_e its mean router probability. "sequence" (CoSMoE's choice): per sequence, then averaged; a
+    batch-level loss is satisfied by sequences that each use a single expert. "batch": over the whole
+    batch, which leaves a sequence free to stay with a few experts (what stickiness wants)."""
     E = probs.shape[-1]
-    f = F.one_hot(experts, E).float().mean(dim=(1, 2))  # (B, E)
-    P = probs.mean(dim=1)  # (B, E)
+    dims = (1, 2) if scope == "sequence" else (0, 1, 2)
+    f = F.one_hot(experts, E).float().mean(dim=dims)  # (B, E) or (E,)
+    P = probs.mean(dim=1) if scope == "sequence" else probs.mean(dim=(0, 1))
     return E * (f * P).sum(-1).mean()
+
+
+def reuse_loss(probs, experts):
+    """A reuse reward that flattening the router cannot win: -mean over t >= 1 of log sum over the
+    experts token t-1 chose of p_t(e). Uniform routing pays log(E/k); only putting token t's mass on
+    token t-1's experts lowers it. probs (B, T, E), experts (B, T, k)."""
+    if experts.shape[1] < 2:
+        return probs.new_zeros(())
+    mass = probs[:, 1:].gather(-1, experts[:, :-1]).sum(-1)
+    return -mass.clamp_min(1e-9).log().mean()
+
+
+def router_z_loss(logits):
+    """ST-MoE's router z-loss: mean of logsumexp(logits)^2, keeping the logits small."""
+    return torch.logsumexp(logits.float(), -1).pow(2).mean()
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from cosmoe_edge.model.data import (
     split_documents,
 )
 from cosmoe_edge.model.evaluate import evaluate
-from cosmoe_edge.model.losses import bles_distribution, bles_loss, load_balance_loss
+from cosmoe_edge.model.losses import bles_distribution, bles_loss, load_balance_loss, reuse_loss, router_z_loss
 from cosmoe_edge.model.model import CoSMoE, format_summary, param_summary
 from cosmoe_edge.model.tokenizer import eos_id, load_tokenizer, train_tokenizer
 
@@ -51,6 +51,8 @@ class TrainOptions:
     eval_every: int = 500
     eval_windows: int = 64
     seed: int = 0
+    sticky_from: float = 0.0  # the share of steps trained before the stickiness losses (BlES, reuse) start
+    device: str = "cpu"
 
 
 def lr_at(step: int, o: TrainOptions) -> float:
@@ -61,17 +63,22 @@ def lr_at(step: int, o: TrainOptions) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def router_aux_loss(routings, cfg: ModelConfig):
-    """Mean over MoE layers of lb_weight * balance + bles_weight * BlES."""
+def router_aux_loss(routings, cfg: ModelConfig, sticky: bool = True):
+    """Mean over MoE layers of lb_weight * balance + router_z_weight * z-loss, and, when `sticky` (after
+    TrainOptions.sticky_from), bles_weight * BlES + reuse_weight * reuse."""
     moe = [r for r in routings if r is not None]
     if not moe:
         return torch.zeros(())
     total = 0.0
     for r in moe:
         if cfg.lb_weight:
-            total = total + cfg.lb_weight * load_balance_loss(r.probs, r.experts)
-        if cfg.bles_weight:
+            total = total + cfg.lb_weight * load_balance_loss(r.probs, r.experts, cfg.lb_scope)
+        if cfg.router_z_weight:
+            total = total + cfg.router_z_weight * router_z_loss(r.logits)
+        if sticky and cfg.bles_weight:
             total = total + cfg.bles_weight * bles_loss(bles_distribution(r.logits, cfg.bles_form), r.experts)
+        if sticky and cfg.reuse_weight:
+            total = total + cfg.reuse_weight * reuse_loss(r.probs, r.experts)
     return total / len(moe)
 
 
@@ -179,7 +186,8 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
     log(d, f"corpus {corpus_path}: {len(train_ids):,} train tokens, {val_x.numel():,} validation tokens")
 
     model = build_model(ckpt) if ckpt is not None else start["model"] if start is not None else CoSMoE(cfg)
-    model.train()
+    model.to(o.device).train()
+    val_x, val_y = val_x.to(o.device), val_y.to(o.device)
     trained = freeze_except(model, train)
     log(d, format_summary(cfg, param_summary(model)))
     opt = make_optimizer(model, o)
@@ -206,12 +214,12 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
         for step in range(start_step, o.steps):
             # per-step generator: a resumed run draws exactly the batches the original would have
             gen = torch.Generator().manual_seed(o.seed * 1_000_003 + d.rank * 10_007 + step)
-            x, y = random_batch(train_ids, o.batch_size, o.seq_len, gen)
+            x, y = (t.to(o.device) for t in random_batch(train_ids, o.batch_size, o.seq_len, gen))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, o)
             logits, routings = ddp(x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-            loss = ce + router_aux_loss(routings, cfg)
+            loss = ce + router_aux_loss(routings, cfg, sticky=step >= o.sticky_from * o.steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
@@ -296,6 +304,13 @@ def main(
     bles_weight: Annotated[float | None, typer.Option(help="Weight of the block-wise expert selection loss (0: off).")] = None,
     lb_weight: Annotated[float | None, typer.Option(help="Weight of the per-sequence load-balancing loss.")] = None,
     bles_form: Annotated[str | None, typer.Option(help="BlES distribution: standardized (scale-invariant) or softmax.")] = None,
+    reuse_weight: Annotated[float | None, typer.Option(help="Weight of the reuse reward: -log of the probability "
+                                                            "token t puts on token t-1's experts (0: off).")] = None,
+    router_z_weight: Annotated[float | None, typer.Option(help="Weight of the router z-loss (0: off).")] = None,
+    lb_scope: Annotated[str | None, typer.Option(help="Load balancing per sequence or over the batch.")] = None,
+    sticky_from: Annotated[float, typer.Option(help="Share of the steps trained before BlES and the reuse reward "
+                                                    "start (0: from the first step).")] = 0.0,
+    device: Annotated[str, typer.Option(help="cpu, or cuda to train on a GPU.")] = "cpu",
     steps: Annotated[int, typer.Option(help="Optimizer steps in all (a resumed run continues to this).")] = TrainOptions.steps,
     batch_size: Annotated[int, typer.Option(help="Sequences per step (per rank).")] = TrainOptions.batch_size,
     seq_len: Annotated[int, typer.Option(help="Tokens per training sequence.")] = TrainOptions.seq_len,
@@ -326,17 +341,23 @@ def main(
     overrides = {k: v for k, v in dict(dim=dim, n_layers=layers, num_experts=experts, top_k=top_k,
                                        expert_hidden=expert_hidden, expert_kind=expert_kind, wd_rank=wd_rank,
                                        shared_expert_hidden=shared_expert_hidden, vocab_size=vocab_size,
-                                       bles_weight=bles_weight, lb_weight=lb_weight,
-                                       bles_form=bles_form).items() if v is not None}
+                                       bles_weight=bles_weight, lb_weight=lb_weight, bles_form=bles_form,
+                                       reuse_weight=reuse_weight, router_z_weight=router_z_weight,
+                                       lb_scope=lb_scope).items() if v is not None}
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
-                        eval_windows=eval_windows, seed=seed)
+                        eval_windows=eval_windows, seed=seed, sticky_from=sticky_from, device=device)
+    if not 0 <= sticky_from < 1:
+        fail("--sticky-from must be in [0, 1)")
+    if device.split(":")[0] not in ("cpu", "cuda") or (device != "cpu" and not torch.cuda.is_available()):
+        fail(f"--device {device!r}: use cpu, or cuda on a machine with a GPU")
     if train_params not in TRAINABLE:
         fail(f"unknown --train-params {train_params!r}; choose {', '.join(TRAINABLE)}")
     try:
         start = None
         if init_from is not None:
-            shape = sorted(k for k in overrides if k not in ("bles_weight", "lb_weight", "top_k"))
+            losses = ("bles_weight", "lb_weight", "bles_form", "reuse_weight", "router_z_weight", "lb_scope")
+            shape = sorted(k for k in overrides if k not in (*losses, "top_k"))
             if shape or dense or resume is not None or preset != "default":
                 fail("--init-from takes the model's shape from its checkpoint; drop "
                      + ", ".join(["--" + k.replace("_", "-") for k in shape] + ["--dense"] * dense
