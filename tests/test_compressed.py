@@ -24,7 +24,7 @@ from tests.conftest import _export, tiny_config
 @pytest.fixture(scope="module")
 def ce_model(tmp_path_factory, tiny_model):
     """The tiny model with compressed experts (k_main 1 of top-2) whose vectors are not ones."""
-    cfg, start = init_from_checkpoint(tiny_model, {"k_main": 1})
+    start = init_from_checkpoint(tiny_model, {"k_main": 1})
     model = start["model"]
     with torch.no_grad():
         for layer in model.layers:

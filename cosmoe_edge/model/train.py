@@ -94,16 +94,16 @@ def freeze_except(model, train: str) -> list[str]:
     return keep
 
 
-def init_from_checkpoint(path: Path, changes: dict) -> tuple[ModelConfig, dict]:
-    """A trained checkpoint as the start of a fine-tune, its config updated by `changes` (loss weights,
-    k_main); compressed experts it lacks start at their initial value, ones."""
+def init_from_checkpoint(path: Path, changes: dict) -> dict:
+    """A trained checkpoint as the start of a fine-tune (the checkpoint's dict plus "model" and "path"), its
+    config updated by `changes` (loss weights, top_k, k_main); compressed experts it lacks start at ones."""
     ckpt = load_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["config"] | changes)
     model = CoSMoE(cfg)
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if unexpected or any(".ffn.compressed" not in n for n in missing):
         raise CheckpointError(f"{path}'s weights do not match its config")
-    return cfg, ckpt | {"model": model, "path": str(path)}
+    return ckpt | {"model": model, "path": str(path)}
 
 
 def make_optimizer(model, o: TrainOptions):
@@ -343,7 +343,7 @@ def main(
                                        shared_expert_hidden=shared_expert_hidden, vocab_size=vocab_size,
                                        bles_weight=bles_weight, lb_weight=lb_weight, bles_form=bles_form,
                                        reuse_weight=reuse_weight, router_z_weight=router_z_weight,
-                                       lb_scope=lb_scope).items() if v is not None}
+                                       lb_scope=lb_scope, k_main=k_main).items() if v is not None}
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                         eval_windows=eval_windows, seed=seed, sticky_from=sticky_from, device=device)
@@ -357,14 +357,15 @@ def main(
         start = None
         if init_from is not None:
             losses = ("bles_weight", "lb_weight", "bles_form", "reuse_weight", "router_z_weight", "lb_scope")
-            shape = sorted(k for k in overrides if k not in (*losses, "top_k"))
+            shape = sorted(k for k in overrides if k not in (*losses, "top_k", "k_main"))
             if shape or dense or resume is not None or preset != "default":
                 fail("--init-from takes the model's shape from its checkpoint; drop "
                      + ", ".join(["--" + k.replace("_", "-") for k in shape] + ["--dense"] * dense
                                  + ["--resume"] * (resume is not None) + ["--preset"] * (preset != "default")))
-            cfg, start = init_from_checkpoint(init_from, overrides | ({"k_main": k_main} if k_main is not None else {}))
+            start = init_from_checkpoint(init_from, overrides)
+            cfg = start["model"].cfg
         else:
-            cfg = ModelConfig.from_dict(PRESETS[preset].to_dict() | overrides | ({"k_main": k_main} if k_main else {}))
+            cfg = ModelConfig.from_dict(PRESETS[preset].to_dict() | overrides)
             train_params = "all"
         if dense:
             cfg = cfg.dense_baseline()

@@ -57,12 +57,12 @@ def main(
     on_miss: Annotated[str, typer.Option(help="When a selected expert is not resident: wait (load it), compressed "
                                               "(its compressed vector stands in; needs compressed experts) or skip "
                                               "(drop it if its weight is below --skip-below). A token's "
-                                              "first-ranked expert always runs.")] = "wait",
+                                              "first-ranked expert always runs.")] = RunOptions.on_miss,
     skip_below: Annotated[float, typer.Option(help="With --on-miss skip: drop a missing expert whose weight is "
-                                                   "below this.")] = 0.5,
+                                                   "below this.")] = RunOptions.skip_below,
     cache_bias: Annotated[float, typer.Option(help="Add this to the router logits of resident experts before the "
                                                    "top-k (cache-aware routing; 0: off). Weights stay unbiased.")]
-    = 0.0,
+    = RunOptions.cache_bias,
 ):
     from cosmoe_edge.runtime.backends import silenced_stderr
     from cosmoe_edge.runtime.run import run

@@ -9,7 +9,6 @@ import typer
 
 from cosmoe_edge.errors import EdgeError, exit_error
 from cosmoe_edge.runtime.options import RunOptions
-from cosmoe_edge.runtime.policies import DEFAULT
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -27,19 +26,22 @@ def main(
                                                    "text).")] = None,
     tokens: Annotated[int, typer.Option(help="Score at most this many tokens.")] = 2048,
     window: Annotated[int, typer.Option(help="Tokens per window; each window starts a new sequence.")] = 256,
-    backend: Annotated[str, typer.Option(help="executorch or onnx.")] = "executorch",
-    memory_budget: Annotated[str, typer.Option(help="Bytes of resident experts: all, 64MB, 1.5GiB, or 25%.")] = "all",
-    cache_policy: Annotated[str, typer.Option(help="nextuse, lru, lfu or none (as edge-run).")] = DEFAULT,
-    prefetch: Annotated[bool, typer.Option(help="Guess the next layer's experts and load them early.")] = False,
-    cold: Annotated[bool, typer.Option(help="Drop the artifact's files from the page cache first.")] = False,
-    verify: Annotated[bool, typer.Option(help="Check each file's sha256 on its first load.")] = True,
-    threads: Annotated[int, typer.Option(help="Threads per program call.")] = 1,
-    preload: Annotated[bool, typer.Option(help="Load every expert first.")] = False,
-    experts_per_token: Annotated[int | None, typer.Option(help="Experts that run per token (as edge-run).")] = None,
-    on_miss: Annotated[str, typer.Option(help="wait, compressed or skip (as edge-run).")] = "wait",
+    backend: Annotated[str, typer.Option(help="executorch or onnx.")] = RunOptions.backend,
+    memory_budget: Annotated[str, typer.Option(help="Bytes of resident experts: all, 64MB, 1.5GiB, or 25%.")]
+    = RunOptions.memory_budget,
+    cache_policy: Annotated[str, typer.Option(help="nextuse, lru, lfu or none (as edge-run).")] = RunOptions.cache_policy,
+    prefetch: Annotated[bool, typer.Option(help="Guess the next layer's experts and load them early.")] = RunOptions.prefetch,
+    cold: Annotated[bool, typer.Option(help="Drop the artifact's files from the page cache first.")] = RunOptions.cold,
+    verify: Annotated[bool, typer.Option(help="Check each file's sha256 on its first load.")] = RunOptions.verify,
+    threads: Annotated[int, typer.Option(help="Threads per program call.")] = RunOptions.threads,
+    preload: Annotated[bool, typer.Option(help="Load every expert first.")] = RunOptions.preload,
+    experts_per_token: Annotated[int | None, typer.Option(help="Experts that run per token (as edge-run).")]
+    = RunOptions.experts_per_token,
+    on_miss: Annotated[str, typer.Option(help="wait, compressed or skip (as edge-run).")] = RunOptions.on_miss,
     skip_below: Annotated[float, typer.Option(help="With --on-miss skip: the weight below which a miss is "
-                                                   "dropped.")] = 0.5,
-    cache_bias: Annotated[float, typer.Option(help="Added to resident experts' router logits (as edge-run).")] = 0.0,
+                                                   "dropped.")] = RunOptions.skip_below,
+    cache_bias: Annotated[float, typer.Option(help="Added to resident experts' router logits (as edge-run).")]
+    = RunOptions.cache_bias,
     report: Annotated[Path | None, typer.Option(help="Write the result here as JSON.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ):

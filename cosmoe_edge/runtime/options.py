@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from cosmoe_edge.errors import RequestError
 from cosmoe_edge.runtime.manifest import BACKENDS
 from cosmoe_edge.runtime.policies import DEFAULT, POLICIES
-from cosmoe_edge.runtime.selection import check_choices
+from cosmoe_edge.runtime.selection import Selection, check_choices
 
 UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
@@ -44,9 +44,9 @@ class RunOptions:
     threads: int = 1
     preload: bool = False  # load every expert before the prompt
     experts_per_token: int | None = None  # None: the model's k_main (compressed experts), else its top_k
-    on_miss: str = "wait"  # wait, compressed or skip (runtime/selection.py)
-    skip_below: float = 0.5
-    cache_bias: float = 0.0
+    on_miss: str = Selection.on_miss  # wait, compressed or skip (runtime/selection.py)
+    skip_below: float = Selection.skip_below
+    cache_bias: float = Selection.cache_bias
 
     def check(self) -> "RunOptions":
         """Raise RequestError for what no artifact could serve."""

@@ -47,6 +47,7 @@ def evaluate(artifact, o: RunOptions, text: str | None, window: int = 256, max_t
     windows = [w for w in windows if len(w) >= 2]
     if not windows:
         raise RequestError("the text encodes to fewer than 2 tokens: nothing to score", "empty_text")
+    total = min(max_tokens, sum(len(w) - 1 for w in windows))
     engine, _, load_ms = open_engine(artifact, manifest, o)
     nll, scored, t0 = 0.0, 0, time.perf_counter()
     try:
@@ -57,7 +58,7 @@ def evaluate(artifact, o: RunOptions, text: str | None, window: int = 256, max_t
                 nll -= log_softmax_at(engine.forward([w[t]])[-1], w[t + 1])
             scored += len(w) - 1
             if progress:
-                progress(scored, min(max_tokens, sum(len(x) - 1 for x in windows)))
+                progress(scored, total)
             if scored >= max_tokens:
                 break
     finally:
