@@ -15,7 +15,7 @@ ARTIFACT: the shipped model exported for executorch (int4), e.g.
   events the cache answered with (hit, miss, evict, prefetch, with the resident bytes after each).
   Prefetches run inline, so the order is deterministic. Costs are the experts' file sizes: reproducible
   on any machine, where the measured footprints the manifest charges are not.
-- selection_cases.json: select() (--experts-per-token, compressed experts, --on-miss, --cache-bias) on
+- selection_cases.json: select() (--experts-per-token, compressed experts, --on-miss, --cache-bias, sticky) on
   recorded router logits with made-up resident sets and vectors: experts, weights, theta and counts.
 - kv_cases.json: RoPE rows (float32 bit patterns), attention masks, and KV-cache writes and reads.
 - manifest_cases.json: manifests with one defect each and the error kind Python raises for them.
@@ -46,7 +46,7 @@ from cosmoe_edge.runtime.generate import Sampler, generate
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import MANIFEST, backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.routing import route, route_cmoe
-from cosmoe_edge.runtime.selection import Selection, SelectionCounts, select
+from cosmoe_edge.runtime.selection import Selection, SelectionCounts, Sticky, select
 
 PROMPT = "The dictionary type is"
 NEW_TOKENS = 32
@@ -143,28 +143,33 @@ def route_cases(steps: list[dict], num_experts: int, top_k: int) -> list[dict]:
 def selection_cases(steps: list[dict], num_experts: int) -> list[dict]:
     """select() (runtime/selection.py) on recorded router logits, for each kind of choice, with a resident set
     and compressed-expert vectors (width 4, seeded) made up for the case: experts by rank (-1: not run),
-    weights, theta (null: ones) and the counts."""
+    weights, theta (null: ones) and the counts. Sticky choices carry their state from one call to the next:
+    each case gives it before (prev_in) and after (prev_out)."""
     rng = np.random.default_rng(0)
     vectors = (1 + 0.5 * rng.standard_normal((num_experts, 4))).astype(np.float32)
     logits = [np.asarray(s["router_logits"], dtype=np.float32) for s in steps[:10]]  # a prefill, then decode
     choices = [dict(top_k=2, k=2), dict(top_k=2, k=1), dict(top_k=2, k=1, vectors=False),
                dict(top_k=3, k=1), dict(top_k=3, k=2, on_miss="compressed"),
                dict(top_k=3, k=3, on_miss="skip", skip_below=0.3), dict(top_k=2, k=2, cache_bias=1.5),
-               dict(top_k=3, k=2, on_miss="compressed", cache_bias=0.7, renorm=False)]
+               dict(top_k=3, k=2, on_miss="compressed", cache_bias=0.7, renorm=False),
+               dict(top_k=2, k=2, sticky=1.25), dict(top_k=3, k=2, on_miss="compressed", cache_bias=0.5, sticky=0.75)]
     out = []
     for i, c in enumerate(choices):
         s = Selection(c["k"], c.get("on_miss", "wait"), c.get("skip_below", 0.5), c.get("cache_bias", 0.0))
         resident = (np.arange(num_experts) % (2 + i % 2)) == 0
         vec = vectors if c.get("vectors", True) else None
+        sticky = Sticky(c["sticky"], np.zeros(num_experts, np.float32)) if "sticky" in c else None
         for z in logits[i % 3::3]:
             counts = SelectionCounts()
+            prev_in = None if sticky is None else sticky.prev.tolist()
             experts, weights, theta = select(z, c["top_k"], c.get("renorm", True), s, vec,
-                                             resident if s.needs_residency() else None, counts)
+                                             resident if s.needs_residency() else None, counts, sticky)
             out.append({"logits": z.tolist(), "top_k": c["top_k"], "renorm": c.get("renorm", True),
                         "selection": vars(s), "resident": resident.tolist(),
                         "vectors": None if vec is None else vec.tolist(), "experts": experts.tolist(),
                         "weights": weights.tolist(), "theta": None if theta is None else theta.tolist(),
-                        "counts": counts.as_dict()})
+                        "counts": counts.as_dict(), "sticky": None if sticky is None else
+                        {"delta": sticky.delta, "prev_in": prev_in, "prev_out": sticky.prev.tolist()}})
     return out
 
 

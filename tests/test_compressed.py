@@ -187,9 +187,9 @@ def test_counts_under_a_budget_match_a_replay(ce_artifact, monkeypatch, choice):
     seen = []
     real = sel.select
 
-    def spy(logits, top_k, renorm, s, vectors, resident, counts):
+    def spy(logits, top_k, renorm, s, vectors, resident, counts, sticky=None):
         seen.append((logits.copy(), np.repeat(resident[None], len(logits), 0), top_k))
-        return real(logits, top_k, renorm, s, vectors, resident, counts)
+        return real(logits, top_k, renorm, s, vectors, resident, counts, sticky)
 
     monkeypatch.setattr("cosmoe_edge.runtime.engine.select", spy)
     engine = Engine(ce_artifact, "onnx", budget_bytes=None, **choice)

@@ -17,7 +17,7 @@ from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.routing import route, route_cmoe
-from cosmoe_edge.runtime.selection import Selection, SelectionCounts, select
+from cosmoe_edge.runtime.selection import Selection, SelectionCounts, Sticky, select
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "tests" / "conformance"
@@ -115,15 +115,21 @@ def test_selection_replay():
         s = Selection(**c["selection"])
         counts = SelectionCounts()
         vec = None if c["vectors"] is None else np.asarray(c["vectors"], dtype=np.float32)
+        st = c["sticky"] and Sticky(c["sticky"]["delta"], np.asarray(c["sticky"]["prev_in"], dtype=np.float32))
         experts, weights, theta = select(np.asarray(c["logits"], dtype=np.float32), c["top_k"], c["renorm"], s, vec,
-                                         np.asarray(c["resident"]) if s.needs_residency() else None, counts)
+                                         np.asarray(c["resident"]) if s.needs_residency() else None, counts, st)
         assert experts.tolist() == c["experts"] and counts.as_dict() == c["counts"], i
+        assert st is None or st.prev.tolist() == c["sticky"]["prev_out"], i
         np.testing.assert_allclose(weights, c["weights"], rtol=0, atol=1e-7)
         assert (theta is None) == (c["theta"] is None), i
         if theta is not None:
             np.testing.assert_allclose(theta, c["theta"], rtol=0, atol=1e-6)
     kinds = {(c["selection"]["on_miss"], c["selection"]["cache_bias"] > 0, c["theta"] is not None) for c in cases}
     assert len(kinds) >= 5 and any(c["counts"]["misses_skipped"] for c in cases)
+    # the sticky rule changed some choice against the same logits without it (else these cases test nothing)
+    assert any(c["sticky"] and select(np.asarray(c["logits"], dtype=np.float32), c["top_k"], c["renorm"],
+                                      Selection(**c["selection"]), None, None, SelectionCounts())[0].tolist()
+               != c["experts"] for c in cases if c["selection"]["on_miss"] == "wait")
 
 
 def test_tokenizer_replay():

@@ -41,6 +41,9 @@ CALLING_CONVENTION = {
               "(a stable sort); their weights p renormalised to sum 1 over the k, or, when model.router_renorm is "
               "false, p as it is (absent: true). With the manifest's routing.kind 'cmoe' (edge-carve): router_logits are "
               "CMoE scores; the top_k of p + routing.selection_bias[layer], weighted 1 + routing.weight_scale[layer] * p",
+    "sticky": "when model.sticky_delta > 0: each token's top_k is taken of softmax(router_logits + sticky_delta * m), "
+              "m = 1 for the experts the previous token of the sequence selected in that layer (0 for the first "
+              "token), ties as 'router'; the weights are still p of the unbiased router_logits",
     "compressed_experts": "when the manifest has compressed_experts (model.k_main > 0): of a token's top_k experts by "
                           "rank, the first k_main run and the others stand in: theta = sum over the stand-ins of "
                           "their p renormalised over the stand-ins times their vector; the experts that run get "

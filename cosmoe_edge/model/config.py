@@ -45,6 +45,10 @@ class ModelConfig:
     reuse_weight: float = 0.0  # the reuse reward (losses.reuse_loss), an alternative to BlES
     router_z_weight: float = 0.0  # router z-loss (ST-MoE)
     lb_scope: str = "sequence"  # load balancing per "sequence" (CoSMoE) or over the "batch"
+    # sticky top-k: a token's top-k is taken of its router logits plus sticky_delta for each expert the previous
+    # token (same layer, same sequence) selected; the weights stay the unbiased probabilities. Part of the
+    # model: evaluation, export and the runtime apply it too. 0: plain top-k
+    sticky_delta: float = 0.0
 
     def __post_init__(self):
         if self.dim % self.n_heads:
@@ -63,6 +67,8 @@ class ModelConfig:
             raise ValueError(f"lb_scope must be 'sequence' or 'batch', not {self.lb_scope!r}")
         if self.router_kind not in ("softmax", "cmoe"):
             raise ValueError(f"router_kind must be 'softmax' or 'cmoe', not {self.router_kind!r}")
+        if self.sticky_delta and not (self.sticky_delta > 0 and self.ffn == "moe" and self.router_kind == "softmax"):
+            raise ValueError(f"sticky_delta {self.sticky_delta} must be > 0 and needs an MoE with a softmax router")
         if self.shared_expert_gate and not self.shared_expert_hidden:
             raise ValueError("shared_expert_gate needs a shared expert (shared_expert_hidden > 0)")
         if self.ffn == "moe" and not 1 <= self.top_k <= self.num_experts:
@@ -91,7 +97,7 @@ class ModelConfig:
         top_k routed experts plus the shared expert (router FLOPs, d*E, are negligible)."""
         d = self.to_dict()
         d.update(ffn="dense", dense_hidden=self.top_k * self.active_expert_hidden + self.shared_expert_hidden,
-                 bles_weight=0.0, lb_weight=0.0, reuse_weight=0.0, router_z_weight=0.0)
+                 bles_weight=0.0, lb_weight=0.0, reuse_weight=0.0, router_z_weight=0.0, sticky_delta=0.0)
         return ModelConfig(**d)
 
     @property

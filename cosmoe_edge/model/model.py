@@ -124,6 +124,23 @@ def route(router_logits, top_k: int, renorm: bool = True):
     return probs, experts, weights / weights.sum(-1, keepdim=True) if renorm else weights
 
 
+def sticky_route(router_logits, top_k: int, delta: float, prev=None, renorm: bool = True):
+    """Sticky top-k, one position after another: token t's experts are the top-k of softmax(z_t + delta * m_t),
+    m_t marking the experts token t-1 selected (m_0 = prev, or none), and its weights route()'s: the
+    unbiased probabilities of those experts. delta = 0 is route() exactly. router_logits (B, T, E); prev (B, E)
+    or None. Returns probs (B, T, E), experts (B, T, k), weights (B, T, k), the last token's mask (B, E)."""
+    probs = router_logits.float().softmax(-1)
+    z = router_logits.detach().float().cpu()  # T small ops in a row: cheaper on the CPU than as GPU launches
+    mask = torch.zeros_like(z[:, 0]) if prev is None else prev.float().cpu()
+    experts = torch.empty(*z.shape[:2], top_k, dtype=torch.long)
+    for t in range(z.shape[1]):
+        experts[:, t] = (z[:, t] + delta * mask).softmax(-1).topk(top_k, dim=-1).indices
+        mask = torch.zeros_like(mask).scatter_(1, experts[:, t], 1.0)
+    experts = experts.to(probs.device)
+    weights = probs.gather(-1, experts)
+    return probs, experts, weights / weights.sum(-1, keepdim=True) if renorm else weights, mask
+
+
 def compress(x, probs, experts, k_main: int, vectors, renorm: bool = True):
     """Compressed experts: of each token's top-k `experts` (by descending probability), the first k_main run on
     x * theta, theta = the other experts' vectors weighted by their probabilities renormalised over them (ones
@@ -181,6 +198,9 @@ class MoE(nn.Module):
         self.shared = SwiGLU(cfg.dim, cfg.shared_expert_hidden) if cfg.shared_expert_hidden else None
         self.shared_gate = nn.Linear(cfg.dim, 1, bias=False) if cfg.shared_expert_gate else None
         self.k_main = cfg.k_main
+        # sticky top-k (ModelConfig.sticky_delta; training ramps it in through CoSMoE.set_sticky), and the last
+        # token's selection, carried from one decode step to the next
+        self.sticky_delta, self.sticky_prev = cfg.sticky_delta, None
         # one compressed expert per routed expert, initialised to ones: at init theta = 1, the plain top-k_main
         self.compressed = nn.Parameter(torch.ones(cfg.num_experts, cfg.dim)) if cfg.k_main else None
 
@@ -191,6 +211,10 @@ class MoE(nn.Module):
         if self.cmoe:
             probs, experts, weights = route_cmoe(logits, self.top_k, self.router.selection_bias,
                                                  self.router.weight_scale)
+        elif self.sticky_delta:
+            probs, experts, weights, self.sticky_prev = sticky_route(logits.view(B, T, -1), self.top_k,
+                                                                     self.sticky_delta, self.sticky_prev, self.renorm)
+            probs, experts, weights = probs.view(B * T, -1), experts.view(B * T, -1), weights.view(B * T, -1)
         else:
             probs, experts, weights = route(logits, self.top_k, self.renorm)
         inp = flat
@@ -250,6 +274,12 @@ class CoSMoE(nn.Module):
             c = KVCache(batch, self.cfg.n_kv_heads, self.cfg.max_seq_len, self.cfg.head_dim)
             layer.attn.cache = c.to(self.tok_emb.weight.device)
 
+    def set_sticky(self, scale: float):
+        """Every MoE layer's sticky delta to scale * cfg.sticky_delta (training ramps it in)."""
+        for layer in self.layers:
+            if isinstance(layer.ffn, MoE):
+                layer.ffn.sticky_delta = scale * self.cfg.sticky_delta
+
     def head(self, h):
         h = self.norm(h)
         return h @ self.tok_emb.weight.t() if self.lm_head is None else self.lm_head(h)
@@ -263,6 +293,10 @@ class CoSMoE(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         idx = pos if pos is not None else slice(0, T)
         cos, sin = self.rope_cos[idx], self.rope_sin[idx]
+        if pos is None or int(pos[0]) == 0:  # a new sequence: no previous token's experts to stick to
+            for layer in self.layers:
+                if isinstance(layer.ffn, MoE):
+                    layer.ffn.sticky_prev = None
         h = self.tok_emb(tokens)
         routings = []
         for layer in self.layers:

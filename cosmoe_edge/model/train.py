@@ -63,6 +63,12 @@ def lr_at(step: int, o: TrainOptions) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+def sticky_scale(step: int, o: TrainOptions) -> float:
+    """The share of ModelConfig.sticky_delta in force at `step`: 0 before sticky_from, then a linear ramp
+    over a quarter of the steps (a rule that fires at full strength on an untrained router would freeze it)."""
+    return min(1.0, max(0.0, (step - o.sticky_from * o.steps) / (0.25 * o.steps)))
+
+
 def router_aux_loss(routings, cfg: ModelConfig, sticky: bool = True):
     """Mean over MoE layers of lb_weight * balance + router_z_weight * z-loss, and, when `sticky` (after
     TrainOptions.sticky_from), bles_weight * BlES + reuse_weight * reuse."""
@@ -217,6 +223,8 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
             x, y = (t.to(o.device) for t in random_batch(train_ids, o.batch_size, o.seq_len, gen))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, o)
+            if cfg.sticky_delta:
+                model.set_sticky(sticky_scale(step, o))
             logits, routings = ddp(x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             loss = ce + router_aux_loss(routings, cfg, sticky=step >= o.sticky_from * o.steps)
@@ -308,8 +316,13 @@ def main(
                                                             "token t puts on token t-1's experts (0: off).")] = None,
     router_z_weight: Annotated[float | None, typer.Option(help="Weight of the router z-loss (0: off).")] = None,
     lb_scope: Annotated[str | None, typer.Option(help="Load balancing per sequence or over the batch.")] = None,
-    sticky_from: Annotated[float, typer.Option(help="Share of the steps trained before BlES and the reuse reward "
-                                                    "start (0: from the first step).")] = 0.0,
+    sticky_delta: Annotated[float | None, typer.Option(help="Sticky top-k: each token's top-k is taken of its router "
+                                                            "logits plus this for the experts the previous token "
+                                                            "selected (weights unbiased); part of the model, the "
+                                                            "runtime applies it too (0: off).")] = None,
+    sticky_from: Annotated[float, typer.Option(help="Share of the steps trained before BlES, the reuse reward and "
+                                                    "the sticky rule start (0: from the first step; the sticky "
+                                                    "delta then ramps in over a quarter of the steps).")] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, or cuda to train on a GPU.")] = "cpu",
     steps: Annotated[int, typer.Option(help="Optimizer steps in all (a resumed run continues to this).")] = TrainOptions.steps,
     batch_size: Annotated[int, typer.Option(help="Sequences per step (per rank).")] = TrainOptions.batch_size,
@@ -343,7 +356,7 @@ def main(
                                        shared_expert_hidden=shared_expert_hidden, vocab_size=vocab_size,
                                        bles_weight=bles_weight, lb_weight=lb_weight, bles_form=bles_form,
                                        reuse_weight=reuse_weight, router_z_weight=router_z_weight,
-                                       lb_scope=lb_scope, k_main=k_main).items() if v is not None}
+                                       lb_scope=lb_scope, k_main=k_main, sticky_delta=sticky_delta).items() if v is not None}
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                         eval_windows=eval_windows, seed=seed, sticky_from=sticky_from, device=device)
@@ -356,7 +369,8 @@ def main(
     try:
         start = None
         if init_from is not None:
-            losses = ("bles_weight", "lb_weight", "bles_form", "reuse_weight", "router_z_weight", "lb_scope")
+            losses = ("bles_weight", "lb_weight", "bles_form", "reuse_weight", "router_z_weight", "lb_scope",
+                      "sticky_delta")
             shape = sorted(k for k in overrides if k not in (*losses, "top_k", "k_main"))
             if shape or dense or resume is not None or preset != "default":
                 fail("--init-from takes the model's shape from its checkpoint; drop "

@@ -19,7 +19,7 @@ from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.policies import DEFAULT
 from cosmoe_edge.runtime.routing import RoutingLog, route, route_cmoe
-from cosmoe_edge.runtime.selection import SelectionCounts, resolve, select
+from cosmoe_edge.runtime.selection import SelectionCounts, Sticky, resolve, select
 from cosmoe_edge.runtime.store import ExpertStore
 
 
@@ -49,6 +49,9 @@ class Engine:
         self.selection = resolve(cfg, self.vectors is not None, experts_per_token, on_miss, skip_below, cache_bias,
                                  self.cmoe)
         self.counts = SelectionCounts()
+        delta = cfg.get("sticky_delta", 0.0)  # the model's sticky top-k (ModelConfig.sticky_delta), per layer
+        self.sticky = [Sticky(delta, np.zeros(cfg["num_experts"], np.float32)) for _ in range(self.n_layers)] \
+            if delta else None
         self.max_seq_len = cfg["max_seq_len"]
         self.chunk = m["layer_max_tokens"]
         self.expert_chunk = m["expert_max_tokens"]
@@ -108,6 +111,8 @@ class Engine:
         """Start a new sequence. Old cache rows need no clearing: only rows < pos are ever passed."""
         self.pos = 0
         self.routing = RoutingLog()
+        for s in self.sticky or ():
+            s.reset()
 
     def forward(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         """Run `ids` at the next positions; logits of the last token (or all, with all_logits)."""
@@ -143,7 +148,7 @@ class Engine:
                     resident = np.array([self.cache.is_resident((layer, e)) for e in range(logits.shape[1])])
                 experts, weights, theta = select(logits, self.top_k, self.renorm, self.selection,
                                                  None if self.vectors is None else self.vectors[layer], resident,
-                                                 self.counts)
+                                                 self.counts, None if self.sticky is None else self.sticky[layer])
             self.routing.add(layer, p0, logits, experts, self.trace)
             self._prefetch_next(layer, x)
             h = h + self._experts(layer, x if theta is None else x * theta.astype(np.float32), experts, weights)

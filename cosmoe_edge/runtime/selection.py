@@ -1,6 +1,8 @@
 """Which experts run for each token, and with what weights: the router's top-k (routing.py), then the
 run's choices on top of it. Each is off by default, and with all of them off the result is route()'s.
 
+- sticky top-k (the model's sticky_delta, not a run choice: it was trained with it): each token's top-k is
+  taken of its logits plus delta for each expert the previous token selected in that layer (Sticky holds it).
 - cache bias (--cache-bias D, arXiv 2412.00099): the top-k is taken of the router logits plus D for each
   resident expert; the weights stay the unbiased probabilities of the chosen experts.
 - experts per token (--experts-per-token K): the K highest-ranked of the top-k run; the others stand in as
@@ -33,6 +35,17 @@ class Selection:
 
     def needs_residency(self) -> bool:
         return self.on_miss != "wait" or self.cache_bias != 0.0
+
+
+@dataclass
+class Sticky:
+    """One layer's sticky top-k state: the model's delta, and a 0/1 mask of the experts the previous token
+    selected (zeros at a sequence's start: reset())."""
+    delta: float
+    prev: np.ndarray  # (E,) float32
+
+    def reset(self):
+        self.prev[:] = 0
 
 
 @dataclass
@@ -82,16 +95,35 @@ def resolve(model: dict, has_vectors: bool, experts_per_token: int | None, on_mi
     return s
 
 
+def biased_top_k(logits: np.ndarray, top_k: int, renorm: bool, bias: np.ndarray | None, sticky: Sticky | None):
+    """route()'s experts for logits + bias (None: no bias), and for the logits without the bias (None without one).
+    With sticky, row after row: each row's logits first gain delta on the experts the row before selected
+    (the biased choice), and sticky.prev ends on the last row's choice."""
+    if sticky is None:
+        return route(logits + bias, top_k, renorm)[0], route(logits, top_k, renorm)[0]
+    chosen, plain = [], []
+    for z in logits:
+        z = z + sticky.delta * sticky.prev
+        e = route((z if bias is None else z + bias)[None], top_k, renorm)[0][0]
+        if bias is not None:
+            plain.append(route(z[None], top_k, renorm)[0][0])
+        sticky.reset()
+        sticky.prev[e] = 1
+        chosen.append(e)
+    return np.stack(chosen), np.stack(plain) if plain else None
+
+
 def select(logits: np.ndarray, top_k: int, renorm: bool, s: Selection, vectors: np.ndarray | None,
-           resident: np.ndarray | None, counts: SelectionCounts):
-    """logits (T,E); vectors (E,D) or None; resident (E,) bool when s.needs_residency().
-    Returns experts (T,k) by rank with -1 for those that do not run, their weights (T,k), and theta (T,D),
-    the factor of the running experts' input (None: all ones)."""
+           resident: np.ndarray | None, counts: SelectionCounts, sticky: Sticky | None = None):
+    """logits (T,E); vectors (E,D) or None; resident (E,) bool when s.needs_residency(); sticky: the layer's state
+    when the model has a sticky delta (updated). Returns experts (T,k) by rank with -1 for those that do not run,
+    their weights (T,k), and theta (T,D), the factor of the running experts' input (None: all ones)."""
     k = s.experts_per_token
-    if s.cache_bias:
-        experts, _ = route(logits + s.cache_bias * resident.astype(np.float32), top_k, renorm)
-        plain, _ = route(logits, top_k, renorm)
-        counts.bias_changed += int((np.sort(experts, -1) != np.sort(plain, -1)).any(-1).sum())
+    if s.cache_bias or sticky is not None:
+        bias = s.cache_bias * resident.astype(np.float32) if s.cache_bias else None
+        experts, plain = biased_top_k(logits, top_k, renorm, bias, sticky)
+        if bias is not None:
+            counts.bias_changed += int((np.sort(experts, -1) != np.sort(plain, -1)).any(-1).sum())
     else:
         experts, weights = route(logits, top_k, renorm)
         if k == top_k and s.on_miss == "wait":

@@ -55,6 +55,8 @@ public final class Engine implements AutoCloseable {
     public final Selection.Counts counts = new Selection.Counts();
     /** Per layer, the (E, D) compressed-expert vectors; null when the artifact has none. */
     private final float[][][] vectors;
+    /** Per layer, the sticky top-k state; null when the model has no sticky delta. */
+    private final Selection.Sticky[] sticky;
 
     /** {@code routers} (one (E, D) matrix per layer) turns prefetch on; null leaves it off. */
     public Engine(ModelConfig cfg, Embedding embedding, Map<String, Part> parts, List<ProgramRunner> backbone,
@@ -70,6 +72,10 @@ public final class Engine implements AutoCloseable {
         this.trace = trace;
         this.selection = selection;
         this.vectors = vectors;
+        this.sticky = cfg.stickyDelta > 0 ? new Selection.Sticky[cfg.nLayers] : null;
+        for (int layer = 0; sticky != null && layer < cfg.nLayers; layer++) {
+            sticky[layer] = new Selection.Sticky(cfg.stickyDelta, cfg.numExperts);
+        }
         this.rope = new Rope(cfg.headDim, cfg.maxSeqLen, cfg.ropeTheta);
         this.kv = new KvCache(cfg.nLayers, cfg.nKvHeads, cfg.maxSeqLen, cfg.headDim);
         this.prefetcher = routers == null ? null : Executors.newSingleThreadExecutor();
@@ -80,6 +86,9 @@ public final class Engine implements AutoCloseable {
     public void reset() {
         pos = 0;
         routing = new RoutingLog(trace);
+        for (Selection.Sticky s : sticky == null ? new Selection.Sticky[0] : sticky) {
+            s.reset();
+        }
     }
 
     public RoutingLog routing() {
@@ -148,7 +157,8 @@ public final class Engine implements AutoCloseable {
                     }
                 }
                 Selection.Result s = selection.select(out[2].toArray(), cfg.numExperts, cfg.topK, cfg.routerRenorm,
-                        vectors == null ? null : vectors[layer], resident, counts);
+                        vectors == null ? null : vectors[layer], resident, counts,
+                        sticky == null ? null : sticky[layer]);
                 r = s.routing;
                 theta = s.theta;
             }

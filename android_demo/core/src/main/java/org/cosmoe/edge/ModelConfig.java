@@ -27,10 +27,13 @@ public final class ModelConfig {
     public final int expertMaxTokens;
     /** Compressed experts: the experts that run per token by default, the rest standing in (model.k_main; 0: none). */
     public final int kMain;
+    /** Sticky top-k (model.sticky_delta; 0: off): Selection.Sticky, one per layer. */
+    public final double stickyDelta;
 
     public ModelConfig(int vocabSize, int dim, int nLayers, int nHeads, int nKvHeads, int headDim, int maxSeqLen,
                        double ropeTheta, int numExperts, int topK, boolean routerRenorm, float[][] selectionBias,
-                       float[][] weightScale, int layerMaxTokens, int expertMaxTokens, int kMain) {
+                       float[][] weightScale, int layerMaxTokens, int expertMaxTokens, int kMain,
+                       double stickyDelta) {
         this.vocabSize = vocabSize;
         this.dim = dim;
         this.nLayers = nLayers;
@@ -47,6 +50,7 @@ public final class ModelConfig {
         this.layerMaxTokens = layerMaxTokens;
         this.expertMaxTokens = expertMaxTokens;
         this.kMain = kMain;
+        this.stickyDelta = stickyDelta;
     }
 
     public static ModelConfig of(Manifest manifest) {
@@ -72,7 +76,8 @@ public final class ModelConfig {
                 !m.has("router_renorm") || m.get("router_renorm").getAsBoolean(), bias, scale,
                 (int) Json.longValue(manifest.json, "layer_max_tokens"),
                 (int) Json.longValue(manifest.json, "expert_max_tokens"),
-                m.has("k_main") ? (int) Json.longValue(m, "k_main") : 0);
+                m.has("k_main") ? (int) Json.longValue(m, "k_main") : 0,
+                m.has("sticky_delta") ? Json.doubleValue(m, "sticky_delta") : 0.0);
     }
 
     private static float[][] perLayer(JsonObject r, String key, int nLayers, int numExperts) {

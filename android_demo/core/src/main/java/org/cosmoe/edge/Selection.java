@@ -4,7 +4,7 @@ package org.cosmoe.edge;
  * Which experts run for each token (cosmoe_edge/runtime/selection.py, the definition): the router's top-k,
  * then the run's choices: a cache bias on resident experts' logits, the number of experts that run per token
  * (the rest stand in as compressed experts when the artifact has vectors), and what a miss does (wait,
- * compressed, skip). All off: Router.route's result. The conformance file's selection_cases hold both sides
+ * compressed, skip); and the model's sticky top-k (Sticky). All off: Router.route's result. The conformance file's selection_cases hold both sides
  * to the same numbers.
  */
 public final class Selection {
@@ -22,6 +22,24 @@ public final class Selection {
         public int missesCompressed;
         public int missesSkipped;
         public int biasChanged;
+    }
+
+    /**
+     * One layer's sticky top-k state (the model's sticky_delta): a token's top-k is taken of its logits plus delta
+     * for each expert the previous token selected; prev marks those (zeros at a sequence's start).
+     */
+    public static final class Sticky {
+        public final float delta;
+        public final float[] prev;
+
+        public Sticky(double delta, int numExperts) {
+            this.delta = (float) delta;
+            this.prev = new float[numExperts];
+        }
+
+        public void reset() {
+            java.util.Arrays.fill(prev, 0f);
+        }
     }
 
     /** Experts by rank (-1: chosen, not run), their weights, and theta (T, D), the running experts' input factor. */
@@ -82,22 +100,39 @@ public final class Selection {
      */
     public Result select(float[] logits, int numExperts, int topK, boolean renorm, float[][] vectors,
                          boolean[] resident, Counts counts) {
+        return select(logits, numExperts, topK, renorm, vectors, resident, counts, null);
+    }
+
+    /** As above, with the layer's sticky state (null: the model has none), updated to the last token's choice. */
+    public Result select(float[] logits, int numExperts, int topK, boolean renorm, float[][] vectors,
+                         boolean[] resident, Counts counts, Sticky sticky) {
         int tokens = logits.length / numExperts;
         int k = expertsPerToken;
         int[][] experts;
-        if (cacheBias != 0.0) {
-            float[] biased = logits.clone();
-            for (int i = 0; i < biased.length; i++) {
-                biased[i] += resident[i % numExperts] ? (float) cacheBias : 0f;
-            }
-            experts = Router.route(biased, numExperts, topK, renorm).experts;
-            int[][] plain = Router.route(logits, numExperts, topK, renorm).experts;
+        if (cacheBias != 0.0 || sticky != null) {
+            // row after row (selection.py biased_top_k): a sticky row depends on the row before's choice
+            experts = new int[tokens][];
             for (int t = 0; t < tokens; t++) {
-                int[] a = experts[t].clone();
-                int[] b = plain[t].clone();
-                java.util.Arrays.sort(a);
-                java.util.Arrays.sort(b);
-                counts.biasChanged += java.util.Arrays.equals(a, b) ? 0 : 1;
+                float[] z = java.util.Arrays.copyOfRange(logits, t * numExperts, (t + 1) * numExperts);
+                float[] biased = new float[numExperts];
+                for (int e = 0; e < numExperts; e++) {
+                    z[e] += sticky != null ? sticky.delta * sticky.prev[e] : 0f;
+                    biased[e] = z[e] + (cacheBias != 0.0 && resident[e] ? (float) cacheBias : 0f);
+                }
+                experts[t] = Router.route(biased, numExperts, topK, renorm).experts[0];
+                if (cacheBias != 0.0) {
+                    int[] a = experts[t].clone();
+                    int[] b = Router.route(z, numExperts, topK, renorm).experts[0];
+                    java.util.Arrays.sort(a);
+                    java.util.Arrays.sort(b);
+                    counts.biasChanged += java.util.Arrays.equals(a, b) ? 0 : 1;
+                }
+                if (sticky != null) {
+                    sticky.reset();
+                    for (int e : experts[t]) {
+                        sticky.prev[e] = 1f;
+                    }
+                }
             }
         } else {
             Router.Routing r = Router.route(logits, numExperts, topK, renorm);

@@ -23,6 +23,7 @@ public class ConformanceSelectionTest {
         int n = 0;
         boolean sawTheta = false;
         boolean sawSkip = false;
+        boolean sawSticky = false;
         for (JsonElement e : file.getAsJsonArray("cases")) {
             JsonObject c = e.getAsJsonObject();
             JsonObject s = c.getAsJsonObject("selection");
@@ -34,9 +35,20 @@ public class ConformanceSelectionTest {
                 resident[i] = c.getAsJsonArray("resident").get(i).getAsBoolean();
             }
             Selection.Counts counts = new Selection.Counts();
+            Selection.Sticky sticky = null;
+            if (!c.get("sticky").isJsonNull()) {
+                JsonObject st = c.getAsJsonObject("sticky");
+                sticky = new Selection.Sticky(st.get("delta").getAsDouble(), numExperts);
+                System.arraycopy(Conformance.floats(st.get("prev_in")), 0, sticky.prev, 0, numExperts);
+                sawSticky = true;
+            }
             Selection.Result r = sel.select(Conformance.matrix(c.get("logits")), numExperts,
                     c.get("top_k").getAsInt(), c.get("renorm").getAsBoolean(), vectors,
-                    sel.needsResidency() ? resident : null, counts);
+                    sel.needsResidency() ? resident : null, counts, sticky);
+            if (sticky != null) {
+                assertArrayEquals("sticky state, case " + n,
+                        Conformance.floats(c.getAsJsonObject("sticky").get("prev_out")), sticky.prev, 0f);
+            }
             int[][] experts = Conformance.intRows(c.get("experts"));
             float[][] weights = rows(c.get("weights"));
             assertEquals("case " + n, experts.length, r.routing.experts.length);
@@ -63,7 +75,7 @@ public class ConformanceSelectionTest {
             sawSkip |= counts.missesSkipped > 0;
             n++;
         }
-        assertTrue("too few selection cases", n > 10 && sawTheta && sawSkip);
+        assertTrue("too few selection cases", n > 10 && sawTheta && sawSkip && sawSticky);
     }
 
     private static float[][] rows(JsonElement e) {

@@ -1,5 +1,6 @@
 package org.cosmoe.edge;
 
+import static org.junit.Assert.assertArrayEquals;
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
@@ -209,6 +210,53 @@ public class EngineFactoryTest {
         EngineOptions o = new EngineOptions();
         o.expertsPerToken = 3;
         expectKind("bad_option", root, o, "--experts-per-token must be between 1 and the model's top-k (2), not 3");
+    }
+
+    /** The synthetic routing, shifted by one position for each new sequence: sequences start on other experts. */
+    private RecordedPrograms.Script shiftedPerSequence() {
+        SyntheticScript synthetic = new SyntheticScript(a);
+        int[] sequence = {-1};
+        return new RecordedPrograms.Script() {
+            @Override
+            public float[] routerLogits(int layer, int pos0, int tokens, float[] h) {
+                sequence[0] += pos0 == 0 && layer == 0 ? 1 : 0;
+                return synthetic.routerLogits(layer, pos0 + sequence[0], tokens, h);
+            }
+
+            @Override
+            public float[] headLogits(int call) {
+                return synthetic.headLogits(call);
+            }
+        };
+    }
+
+    @Test
+    public void stickyDeltaKeepsThePreviousTokensExpertsAndResetsPerSequence() throws IOException {
+        int[] prompt = ids(6);
+        EngineOptions o = new EngineOptions();
+        o.trace = true;
+        File plainRoot = a.write(tmp.newFolder());
+        double plainRate = 0;
+        int[][] plainFirst = new int[2][];  // layer 0's experts for each sequence's first token
+        try (Engine engine = open(plainRoot, o, new RecordedPrograms(shiftedPerSequence(), a))) {
+            for (int i = 0; i < 2; i++) {
+                Generator.generate(engine, prompt, 4, Sampler.greedy(), null, null, null);
+                plainRate += engine.routing().switchRate();
+                plainFirst[i] = engine.routing().trace().get(0).experts[0];
+            }
+        }
+        assertTrue("the synthetic routing never switches, so this test checks nothing", plainRate > 0);
+        assertTrue("both sequences start on the same experts, so the reset is not checked",
+                !Arrays.equals(plainFirst[0], plainFirst[1]));
+        a.stickyDelta = 1000;  // larger than any logit margin: each layer keeps its first token's experts
+        File root = a.write(tmp.newFolder());
+        try (Engine engine = open(root, o, new RecordedPrograms(shiftedPerSequence(), a))) {
+            for (int i = 0; i < 2; i++) {  // Generator.generate resets: the second sequence starts afresh
+                Generator.generate(engine, prompt, 4, Sampler.greedy(), null, null, null);
+                assertEquals(0.0, engine.routing().switchRate(), 0.0);
+                assertArrayEquals(plainFirst[i], engine.routing().trace().get(0).experts[0]);
+            }
+        }
     }
 
     @Test

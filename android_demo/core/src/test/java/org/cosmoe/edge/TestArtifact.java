@@ -38,6 +38,8 @@ final class TestArtifact {
     /** Compressed experts: model.k_main, and the value of every element of every vector (0: none). */
     int kMain = 0;
     float compressedValue = 1f;
+    /** model.sticky_delta (0: absent). */
+    double stickyDelta = 0;
     /** resident_bytes per (layer, expert); missing: 1000. */
     final Map<ExpertKey, Long> costs = new LinkedHashMap<>();
 
@@ -58,6 +60,9 @@ final class TestArtifact {
         model.addProperty("top_k", topK);
         if (kMain > 0) {
             model.addProperty("k_main", kMain);
+        }
+        if (stickyDelta > 0) {
+            model.addProperty("sticky_delta", stickyDelta);
         }
         manifest.add("model", model);
         if (routing != null) {
