@@ -2,9 +2,10 @@
 and measure each on the model card's held-out windows: perplexity, switch rate, the largest expert's
 share of routed slots, and the misses per token an LRU cache of k and of 2k experts per layer would take.
 
-Usage: python scripts/bles_sweep.py [--device cuda] [--jobs 8] [--steps 1200] [--out runs/bles]
-       python scripts/bles_sweep.py --report runs/bles/sweep.json   (table + plot into docs only)
-Arms run in parallel, each an edge-train process; `finetune-*` arms start from the `nobles` arm's model.
+Usage: python scripts/bles_sweep.py [--device cuda] [--jobs 8] [--steps 1200] [--out runs/bles] [--arms A,B@1,...]
+       python scripts/bles_sweep.py --report A.json [B.json ...] [--save merged.json]   (table + plot into docs)
+Arms run in parallel, each an edge-train process; `finetune-*` arms start from the `nobles` arm's model; "ARM@SEED"
+is the arm from another seed, compared with "nobles@SEED".
 """
 
 import argparse
@@ -51,6 +52,25 @@ ARMS = {  # name: edge-train options on top of the default preset (BlES 1.0, loa
                                "--lb-weight", "0.3"],
     "shared-reuse-0.1-lb1": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.1", *STICKY,
                              "--lb-weight", "1.0"],
+    # recipe 1: sticky top-k in the loop (the rule is part of the model, evaluated with it on); deltas around the
+    # 50th-90th percentile of the top-k margin at a switch in reuse-0.1-lb0.1 (0.7 / 1.1 / 2.0 logits)
+    "sticky-1": ["--sticky-delta", "1", *STICKY],
+    "sticky-1-lb0.1": ["--sticky-delta", "1", *STICKY, "--lb-weight", "0.1"],
+    "sticky-2-lb0.1": ["--sticky-delta", "2", *STICKY, "--lb-weight", "0.1"],
+    "reuse-0.1-lb0.1-sticky-0.5": ["--reuse-weight", "0.1", "--sticky-delta", "0.5", *STICKY, "--lb-weight", "0.1"],
+    "reuse-0.1-lb0.1-sticky-1": ["--reuse-weight", "0.1", "--sticky-delta", "1", *STICKY, "--lb-weight", "0.1"],
+    "reuse-0.03-lb0.1-sticky-1": ["--reuse-weight", "0.03", "--sticky-delta", "1", *STICKY, "--lb-weight", "0.1"],
+    "shared-sticky-1-lb0.1": ["--shared-expert-hidden", "384", "--top-k", "1", "--sticky-delta", "1", *STICKY,
+                              "--lb-weight", "0.1"],
+    "shared-reuse-0.1-lb0.1-sticky-0.5": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.1",
+                                          "--sticky-delta", "0.5", *STICKY, "--lb-weight", "0.1"],
+    "sticky-1.5-lb0.1": ["--sticky-delta", "1.5", *STICKY, "--lb-weight", "0.1"],
+    "sticky-1.75-lb0.1": ["--sticky-delta", "1.75", *STICKY, "--lb-weight", "0.1"],
+    "sticky-1.5-lb0.2": ["--sticky-delta", "1.5", *STICKY, "--lb-weight", "0.2"],
+    "sticky-2-lb0.2": ["--sticky-delta", "2", *STICKY, "--lb-weight", "0.2"],
+    "reuse-0.1-lb0.2-sticky-1": ["--reuse-weight", "0.1", "--sticky-delta", "1", *STICKY, "--lb-weight", "0.2"],
+    "shared-sticky-1-lb0.3": ["--shared-expert-hidden", "384", "--top-k", "1", "--sticky-delta", "1", *STICKY,
+                              "--lb-weight", "0.3"],
     # recipe 4: the no-BlES model fine-tuned with a stickiness loss for 25% more steps at a lower rate
     "finetune-bles": ["--bles-weight", "1.0", "--lr", "5e-4", "--warmup", "20", "--train-params", "all"],
     "finetune-reuse-0.03": ["--reuse-weight", "0.03", "--bles-weight", "0", "--lb-scope", "batch", "--lr", "5e-4",
@@ -59,16 +79,18 @@ ARMS = {  # name: edge-train options on top of the default preset (BlES 1.0, loa
 
 
 def train(name: str, a) -> Path:
+    """Train arm `name` ("ARM" or "ARM@SEED": the same arm from another seed) unless its model exists."""
     out = a.out / f"{name}.pt"
     if out.exists():
         return out
+    arm, _, seed = name.partition("@")
     cmd = [sys.executable, "-m", "cosmoe_edge.model.train", "--out", str(out), "--device", a.device, "--quiet",
-           "--seed", str(a.seed), "--eval-every", str(a.steps)]
+           "--seed", seed or str(a.seed), "--eval-every", str(a.steps)]
     if name.startswith("finetune-"):
         cmd += ["--init-from", str(train("nobles", a)), "--steps", str(a.steps // 4)]
     else:
         cmd += ["--steps", str(a.steps)]
-    cmd += ARMS[name]
+    cmd += ARMS[arm]
     t = time.perf_counter()
     with open(a.out / f"{name}.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -114,41 +136,71 @@ def measure_arm(path: Path, windows: int) -> dict:
             "train_seconds": r["meta"]["train_seconds"], "steps": r["meta"]["steps"]}
 
 
+@torch.no_grad()
+def switch_margins(path: Path, windows: int) -> list[float]:
+    """Where a token drops one of the previous token's experts: its k-th chosen expert's logit minus the best
+    dropped one's, i.e. the sticky delta that would have kept it (held-out windows, every layer)."""
+    from model_card import measure
+
+    r = measure(path, windows)
+    out = []
+    for i in range(0, len(r["x"]), 8):
+        for rt in r["model"](r["x"][i:i + 8])[1]:
+            z, E = rt.logits.float(), rt.logits.shape[-1]
+            chosen = torch.nn.functional.one_hot(rt.experts, E).sum(-2).bool()  # (B, T, E)
+            dropped = chosen[:, :-1] & ~chosen[:, 1:]
+            kth = z[:, 1:].masked_fill(~chosen[:, 1:], float("inf")).amin(-1)
+            best = z[:, 1:].masked_fill(~dropped, float("-inf")).amax(-1)
+            out += (kth - best)[dropped.any(-1)].tolist()
+    return out
+
+
+def baseline(results: dict, name: str) -> dict:
+    """The no-BlES arm of the same seed ("ARM@SEED" against "nobles@SEED"): seeds move perplexity by ~2%."""
+    seed = name.partition("@")[2]
+    return results[f"nobles@{seed}"] if seed else results["nobles"]
+
+
 def report(results: dict, out_doc: Path, plot: Path, note: str):
-    """The table (largest share: of a routed expert, whatever else the arm has) and the Pareto plot."""
+    """The table (largest share: of a routed expert, whatever else the arm has) and the Pareto plot, each arm
+    against the no-BlES arm of its seed."""
     from doc_figures import write_between_markers
 
-    base = results["nobles"]
-    lines = [note, "", "| arm | val. perplexity | vs no-BlES | switch rate | fewer switches | largest expert share "
-             "(fair = 1) | LRU misses / token, k / 2k per layer |", "|---|---|---|---|---|---|---|"]
+    rel = {n: (r["ppl"] / baseline(results, n)["ppl"] - 1, baseline(results, n)["switch_rate"] / max(r["switch_rate"],
+                                                                                                     1e-9))
+           for n, r in results.items()}
+    lines = [note, "", "| arm | val. perplexity | vs no-BlES (same seed) | switch rate | fewer switches | largest expert "
+             "share (fair = 1) | LRU misses / token, k / 2k per layer |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['ppl']:.2f} | {r['ppl'] / base['ppl'] - 1:+.1%} | {r['switch_rate']:.3f} | "
-                     f"{base['switch_rate'] / max(r['switch_rate'], 1e-9):.1f}x | {r['max_share']:.2f} | "
+        lines.append(f"| {name} | {r['ppl']:.2f} | {rel[name][0]:+.1%} | {r['switch_rate']:.3f} | "
+                     f"{rel[name][1]:.1f}x | {r['max_share']:.2f} | "
                      f"{r['misses_per_token_lru_k']:.2f} / {r['misses_per_token_lru_2k']:.2f} |")
-    ok = [n for n, r in results.items() if r["ppl"] <= 1.03 * base["ppl"]
-          and r["switch_rate"] <= base["switch_rate"] / 3 and r["max_share"] <= 1.5]
-    front = [n for n, r in results.items() if not any(
-        o["ppl"] <= r["ppl"] and o["switch_rate"] <= r["switch_rate"] and o is not r for o in results.values())]
+    ok = [n for n, r in results.items() if rel[n][0] <= 0.03 and rel[n][1] >= 3 and r["max_share"] <= 1.5]
+    front = [n for n in results if not any(
+        rel[o][0] <= rel[n][0] and rel[o][1] >= rel[n][1] and o != n for o in results)]
     lines += ["", "Goal (>= 3x fewer switches than no-BlES within +3% perplexity, no routed expert above 1.5x its "
-              f"fair share): {'met by ' + ', '.join(ok) if ok else 'not met by any arm'}. Pareto frontier: "
-              + ", ".join(front) + "."]
+              f"fair share): {'met by ' + ', '.join(ok) if ok else 'not met by any arm'}. Pareto frontier (against "
+              "the same seed's no-BlES): " + ", ".join(front) + "."]
     write_between_markers(out_doc, "\n".join(lines), "bles-sweep", "## BlES without the collapse: the sweep")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, r in results.items():
-        ax.scatter(r["switch_rate"], r["ppl"], color="tab:green" if name in front else "tab:blue")
-        ax.annotate(name, (r["switch_rate"], r["ppl"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
-    ax.axhline(1.03 * base["ppl"], color="grey", linestyle="--", linewidth=1, label="no-BlES perplexity +3%")
-    ax.axvline(base["switch_rate"] / 3, color="grey", linestyle=":", linewidth=1, label="no-BlES switch rate / 3")
-    ax.set_xlabel("expert switch rate (held-out)")
-    ax.set_ylabel("held-out perplexity")
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    for name in results:
+        x, y = 1 / rel[name][1], 100 * rel[name][0]
+        ax.scatter(x, y, color="tab:red" if name in ok else "tab:green" if name in front else "tab:blue", s=14)
+        if name in front or name in ok or (x <= 0.4 and y <= 8):  # the labels that matter; the rest would overlap
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axhline(3, color="grey", linestyle="--", linewidth=1, label="+3% perplexity")
+    ax.axvline(1 / 3, color="grey", linestyle=":", linewidth=1, label="switch rate / 3")
+    ax.set_xlabel("switch rate, relative to no-BlES (held-out)")
+    ax.set_ylabel("perplexity vs no-BlES of the same seed (%)")
+    ax.set_ylim(-8, 15)  # the arms above +15% (BlES, the strongest balancing) are in the table
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    ax.set_title("stickiness recipes: switch rate against perplexity (green: Pareto frontier)", fontsize=9)
+    ax.set_title("stickiness recipes (green: Pareto frontier; red: meets the goal incl. balance)", fontsize=9)
     fig.tight_layout()
     fig.savefig(plot, dpi=110)
     print("\n".join(lines))
@@ -163,13 +215,28 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--windows", type=int, default=128)
     ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--report", type=Path, help="only write the docs from this sweep.json")
+    ap.add_argument("--report", type=Path, nargs="+", help="only write the docs from these sweep.json files (merged in "
+                                                            "order: a later file's arm replaces an earlier one's)")
+    ap.add_argument("--note", help="with --report: the table's note (default: the first file's)")
+    ap.add_argument("--save", type=Path, help="with --report: write the merged sweep.json here")
+    ap.add_argument("--margins", type=Path, help="only print the percentiles of this model's top-k margin at a switch "
+                                                 "(what a sticky delta must exceed to keep an expert)")
     ap.add_argument("--doc", type=Path, default=Path("docs/MODEL_CARD.md"))
     ap.add_argument("--plot", type=Path, default=Path("docs/bench/bles_frontier.png"))
     a = ap.parse_args()
+    if a.margins:
+        import numpy as np
+
+        q = [50, 60, 67, 75, 90]
+        m = np.percentile(switch_margins(a.margins, a.windows), q)
+        return print(f"{a.margins}: margin at a switch, percentiles " + ", ".join(f"{p}th {v:.2f}" for p, v in
+                                                                                 zip(q, m, strict=True)))
     if a.report:
-        d = json.loads(a.report.read_text())
-        return report(d["results"], a.doc, a.plot, d["note"])
+        files = [json.loads(p.read_text()) for p in a.report]
+        merged = {"note": a.note or files[0]["note"], "results": {k: v for f in files for k, v in f["results"].items()}}
+        if a.save:
+            a.save.write_text(json.dumps(merged, indent=1))
+        return report(merged["results"], a.doc, a.plot, merged["note"])
     a.out.mkdir(parents=True, exist_ok=True)
     names = a.arms.split(",")
     if any(n.startswith("finetune-") for n in names):
