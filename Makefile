@@ -61,6 +61,7 @@ $(SMOL_CARVED)-int8/manifest.json: $(SMOL_CARVED).pt
 
 test: setup
 	$(BIN)/ruff check .
+	bash scripts/test_android_core.sh --install-only
 	$(BIN)/python -m pytest
 	bash scripts/test_android_core.sh
 

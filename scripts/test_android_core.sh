@@ -2,7 +2,7 @@
 # Compiles android_demo/core (plain Java: no Android SDK, no Gradle, no Maven) and runs its JUnit 4
 # tests, including the conformance vectors the Python runtime wrote into tests/conformance/.
 # Installs Debian's junit4 and libgoogle-gson-java (and a JDK) when they are missing.
-# Exits non-zero on any failure, or when no test ran.
+# Exits non-zero on any failure, or when no test ran. --install-only: install them, and stop.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     install_packages "${missing[@]}"
 fi
+[ "${1:-}" = --install-only ] && exit 0  # make test: the JDK for pytest's Java tests (test_java_onnx.py)
 
 if [ ! -f "$CONFORMANCE/generation.json" ]; then
     echo "no conformance vectors in $CONFORMANCE (write them with scripts/make_conformance.py ARTIFACT)" >&2

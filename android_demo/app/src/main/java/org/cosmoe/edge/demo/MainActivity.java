@@ -23,7 +23,9 @@ import org.cosmoe.edge.EngineFactory;
 import org.cosmoe.edge.Manifest;
 import org.cosmoe.edge.MetricsTable;
 import org.cosmoe.edge.ProcStats;
+import org.cosmoe.edge.ProgramLoader;
 import org.cosmoe.edge.Report;
+import org.cosmoe.edge.onnx.OnnxLoader;
 
 import java.io.File;
 import java.io.FileOutputStream;
@@ -46,7 +48,6 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * worker thread, with ExecuTorch programs.
  */
 public final class MainActivity extends Activity {
-    private static final String BACKEND = "executorch";
     private static final int THREADS = 1;
 
     private final ExecutorService worker = Executors.newSingleThreadExecutor();
@@ -57,6 +58,7 @@ public final class MainActivity extends Activity {
     private Spinner artifactSpinner;
     private EditText prompt;
     private EditText maxTokens;
+    private Spinner backend;
     private Spinner policy;
     private CheckBox prefetch;
     private TextView budgetLabel;
@@ -80,6 +82,7 @@ public final class MainActivity extends Activity {
         artifactSpinner = findViewById(R.id.artifact);
         prompt = findViewById(R.id.prompt);
         maxTokens = findViewById(R.id.max_tokens);
+        backend = findViewById(R.id.backend);
         policy = findViewById(R.id.policy);
         prefetch = findViewById(R.id.prefetch);
         budgetLabel = findViewById(R.id.budget_label);
@@ -91,6 +94,19 @@ public final class MainActivity extends Activity {
         output = findViewById(R.id.output);
         outputScroll = findViewById(R.id.output_scroll);
 
+        backend.setAdapter(new ArrayAdapter<>(this, android.R.layout.simple_spinner_dropdown_item, Manifest.BACKENDS));
+        backend.setOnItemSelectedListener(new AdapterView.OnItemSelectedListener() {
+            @Override
+            public void onItemSelected(AdapterView<?> parent, View view, int position, long id) {
+                if (!artifacts.isEmpty()) {  // the budget's range is the chosen backend's experts'
+                    readArtifact(artifacts.get(artifactSpinner.getSelectedItemPosition()));
+                }
+            }
+
+            @Override
+            public void onNothingSelected(AdapterView<?> parent) {
+            }
+        });
         policy.setAdapter(new ArrayAdapter<>(this, android.R.layout.simple_spinner_dropdown_item,
                 CachePolicy.NAMES));
         findViewById(R.id.refresh).setOnClickListener(v -> refreshArtifacts());
@@ -167,13 +183,17 @@ public final class MainActivity extends Activity {
 
     private void readArtifact(File artifact) {
         try {
-            budgetRange = EngineFactory.budgetRange(Manifest.load(artifact), BACKEND);
+            budgetRange = EngineFactory.budgetRange(Manifest.load(artifact), selectedBackend());
             metrics.setText(artifact.getAbsolutePath());
         } catch (ArtifactException e) {
             budgetRange = null;
             metrics.setText(e.getMessage());
         }
         showBudget();
+    }
+
+    private String selectedBackend() {
+        return (String) backend.getSelectedItem();
     }
 
     /** The slider runs from the minimum budget to all experts; its right end is edge-run's "all". */
@@ -204,7 +224,7 @@ public final class MainActivity extends Activity {
         final EdgeRun.Request req = new EdgeRun.Request();
         req.artifact = artifacts.get(artifactSpinner.getSelectedItemPosition());
         req.prompt = prompt.getText().toString();
-        req.backend = BACKEND;
+        req.backend = selectedBackend();
         req.memoryBudget = budgetString();
         req.cachePolicy = (String) policy.getSelectedItem();
         req.prefetch = prefetch.isChecked();
@@ -244,7 +264,8 @@ public final class MainActivity extends Activity {
         Report report = null;
         try {
             ProcStats.resetPeak();  // the peak of this run, as a fresh edge-run process would report
-            report = EdgeRun.run(req, new ExecuTorchLoader(THREADS), listener, stop::get);
+            ProgramLoader loader = req.backend.equals("onnx") ? new OnnxLoader(THREADS) : new ExecuTorchLoader(THREADS);
+            report = EdgeRun.run(req, loader, listener, stop::get);
             message = MetricsTable.of(report);
         } catch (ArtifactException | IllegalArgumentException e) {
             message = "error: " + e.getMessage();
