@@ -130,6 +130,9 @@ def select(logits: np.ndarray, top_k: int, renorm: bool, s: Selection, vectors: 
             counts.experts_run += experts.size
             return experts, weights, None
     p = np.take_along_axis(softmax(logits.astype(np.float32)), experts, -1)
+    if k == top_k and s.on_miss == "wait":  # only the choice was biased: what follows would keep every expert
+        counts.experts_run += experts.size
+        return experts, (p / p.sum(-1, keepdims=True) if renorm else p).astype(np.float32), None
     runs = np.repeat(np.arange(top_k)[None, :] < k, len(experts), 0)
     aux = ~runs if vectors is not None else np.zeros_like(runs)
     if s.on_miss != "wait":
