@@ -178,6 +178,14 @@ def report(results: dict, out_doc: Path, plot: Path, note: str):
     ok = [n for n, r in results.items() if rel[n][0] <= 0.03 and rel[n][1] >= 3 and r["max_share"] <= 1.5]
     front = [n for n in results if not any(
         rel[o][0] <= rel[n][0] and rel[o][1] >= rel[n][1] and o != n for o in results)]
+    seeds = {}  # arm -> its runs, for the arms run from more than one seed (nobles excepted: it is the reference)
+    for n in results:
+        seeds.setdefault(n.partition("@")[0], []).append(n)
+    means = [f"{arm} ({len(runs)} seeds) {sum(rel[n][0] for n in runs) / len(runs):+.1%}, "
+             f"{sum(rel[n][1] for n in runs) / len(runs):.1f}x fewer switches, largest share "
+             f"{max(results[n]['max_share'] for n in runs):.2f}" for arm, runs in seeds.items()
+             if len(runs) > 1 and arm != "nobles"]
+    lines += ["", "Over seeds (mean; largest share: the worst seed's): " + "; ".join(means) + "."] if means else []
     lines += ["", "Goal (>= 3x fewer switches than no-BlES within +3% perplexity, no routed expert above 1.5x its "
               f"fair share): {'met by ' + ', '.join(ok) if ok else 'not met by any arm'}. Pareto frontier (against "
               "the same seed's no-BlES): " + ", ".join(front) + "."]
