@@ -4,8 +4,8 @@ package org.cosmoe.edge;
  * Which experts run for each token (cosmoe_edge/runtime/selection.py, the definition): the router's top-k,
  * then the run's choices: a cache bias on resident experts' logits, the number of experts that run per token
  * (the rest stand in as compressed experts when the artifact has vectors), and what a miss does (wait,
- * compressed, skip); and the model's sticky top-k (Sticky). All off: Router.route's result. The conformance file's selection_cases hold both sides
- * to the same numbers.
+ * compressed, skip); and the model's sticky top-k (Sticky). All off: Router.route's result. The conformance
+ * file's selection_cases hold both sides to the same numbers.
  */
 public final class Selection {
     public static final String[] ON_MISS = {"wait", "compressed", "skip"};
