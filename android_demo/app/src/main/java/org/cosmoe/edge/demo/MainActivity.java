@@ -20,6 +20,7 @@ import org.cosmoe.edge.ArtifactException;
 import org.cosmoe.edge.CachePolicy;
 import org.cosmoe.edge.EdgeRun;
 import org.cosmoe.edge.EngineFactory;
+import org.cosmoe.edge.Generator;
 import org.cosmoe.edge.Manifest;
 import org.cosmoe.edge.MetricsTable;
 import org.cosmoe.edge.ProcStats;
@@ -79,20 +80,20 @@ public final class MainActivity extends Activity {
     protected void onCreate(Bundle savedInstanceState) {
         super.onCreate(savedInstanceState);
         setContentView(R.layout.activity_main);
-        artifactSpinner = findViewById(R.id.artifact);
-        prompt = findViewById(R.id.prompt);
-        maxTokens = findViewById(R.id.max_tokens);
-        backend = findViewById(R.id.backend);
-        policy = findViewById(R.id.policy);
-        prefetch = findViewById(R.id.prefetch);
-        budgetLabel = findViewById(R.id.budget_label);
-        budget = findViewById(R.id.budget);
-        generate = findViewById(R.id.generate);
-        stopButton = findViewById(R.id.stop);
-        save = findViewById(R.id.save);
-        metrics = findViewById(R.id.metrics);
-        output = findViewById(R.id.output);
-        outputScroll = findViewById(R.id.output_scroll);
+        artifactSpinner = (Spinner) findViewById(R.id.artifact);
+        prompt = (EditText) findViewById(R.id.prompt);
+        maxTokens = (EditText) findViewById(R.id.max_tokens);
+        backend = (Spinner) findViewById(R.id.backend);
+        policy = (Spinner) findViewById(R.id.policy);
+        prefetch = (CheckBox) findViewById(R.id.prefetch);
+        budgetLabel = (TextView) findViewById(R.id.budget_label);
+        budget = (SeekBar) findViewById(R.id.budget);
+        generate = (Button) findViewById(R.id.generate);
+        stopButton = (Button) findViewById(R.id.stop);
+        save = (Button) findViewById(R.id.save);
+        metrics = (TextView) findViewById(R.id.metrics);
+        output = (TextView) findViewById(R.id.output);
+        outputScroll = (ScrollView) findViewById(R.id.output_scroll);
 
         backend.setAdapter(new ArrayAdapter<>(this, android.R.layout.simple_spinner_dropdown_item, Manifest.BACKENDS));
         backend.setOnItemSelectedListener(new AdapterView.OnItemSelectedListener() {
@@ -109,7 +110,12 @@ public final class MainActivity extends Activity {
         });
         policy.setAdapter(new ArrayAdapter<>(this, android.R.layout.simple_spinner_dropdown_item,
                 CachePolicy.NAMES));
-        findViewById(R.id.refresh).setOnClickListener(v -> refreshArtifacts());
+        findViewById(R.id.refresh).setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                refreshArtifacts();
+            }
+        });
         artifactSpinner.setOnItemSelectedListener(new AdapterView.OnItemSelectedListener() {
             @Override
             public void onItemSelected(AdapterView<?> parent, View view, int position, long id) {
@@ -135,9 +141,24 @@ public final class MainActivity extends Activity {
             public void onStopTrackingTouch(SeekBar seekBar) {
             }
         });
-        generate.setOnClickListener(v -> startRun());
-        stopButton.setOnClickListener(v -> stop.set(true));
-        save.setOnClickListener(v -> saveReport());
+        generate.setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                startRun();
+            }
+        });
+        stopButton.setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                stop.set(true);
+            }
+        });
+        save.setOnClickListener(new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                saveReport();
+            }
+        });
         refreshArtifacts();
     }
 
@@ -192,6 +213,23 @@ public final class MainActivity extends Activity {
         showBudget();
     }
 
+    /**
+     * The backend's program loader. ExecuTorch is reached by name: the Gradle build has it, the offline build
+     * (scripts/build_apk.sh) cannot (its Java API needs fbjni and SoLoader classes that only Maven carries).
+     */
+    private static ProgramLoader loader(String backend) {
+        if (backend.equals("onnx")) {
+            return new OnnxLoader(THREADS);
+        }
+        try {
+            return (ProgramLoader) Class.forName("org.cosmoe.edge.demo.ExecuTorchLoader").getDeclaredConstructor(int.class)
+                    .newInstance(THREADS);
+        } catch (ReflectiveOperationException | LinkageError e) {
+            throw new ArtifactException("this build has no ExecuTorch backend (build the app with Gradle for it); "
+                    + "choose onnx", "missing_backend");
+        }
+    }
+
     private String selectedBackend() {
         return (String) backend.getSelectedItem();
     }
@@ -240,32 +278,55 @@ public final class MainActivity extends Activity {
         output.setText("");
         metrics.setText("loading " + req.artifact.getName() + " …");
         setRunning(true);
-        worker.execute(() -> generateOnWorker(req));
+        worker.execute(new Runnable() {
+            @Override
+            public void run() {
+                generateOnWorker(req);
+            }
+        });
     }
 
     /** On the worker thread. */
     private void generateOnWorker(EdgeRun.Request req) {
         EdgeRun.Listener listener = new EdgeRun.Listener() {
             @Override
-            public void write(String text) {
-                ui.post(() -> {
-                    output.append(text);
-                    outputScroll.post(() -> outputScroll.fullScroll(View.FOCUS_DOWN));
+            public void write(final String text) {
+                ui.post(new Runnable() {
+                    @Override
+                    public void run() {
+                        output.append(text);
+                        outputScroll.post(new Runnable() {
+                            @Override
+                            public void run() {
+                                outputScroll.fullScroll(View.FOCUS_DOWN);
+                            }
+                        });
+                    }
                 });
             }
 
             @Override
             public void onProgress(EdgeRun.Progress p) {
-                String table = MetricsTable.of(p);
-                ui.post(() -> metrics.setText(table));
+                final String table = MetricsTable.of(p);
+                ui.post(new Runnable() {
+                    @Override
+                    public void run() {
+                        metrics.setText(table);
+                    }
+                });
             }
         };
         String message;
         Report report = null;
         try {
             ProcStats.resetPeak();  // the peak of this run, as a fresh edge-run process would report
-            ProgramLoader loader = req.backend.equals("onnx") ? new OnnxLoader(THREADS) : new ExecuTorchLoader(THREADS);
-            report = EdgeRun.run(req, loader, listener, stop::get);
+            Generator.StopSignal stopSignal = new Generator.StopSignal() {
+                @Override
+                public boolean stopRequested() {
+                    return stop.get();
+                }
+            };
+            report = EdgeRun.run(req, loader(req.backend), listener, stopSignal);
             message = MetricsTable.of(report);
         } catch (ArtifactException | IllegalArgumentException e) {
             message = "error: " + e.getMessage();
@@ -274,10 +335,13 @@ public final class MainActivity extends Activity {
         }
         final Report done = report;
         final String text = message;
-        ui.post(() -> {
-            lastReport = done;
-            metrics.setText(text);
-            setRunning(false);
+        ui.post(new Runnable() {
+            @Override
+            public void run() {
+                lastReport = done;
+                metrics.setText(text);
+                setRunning(false);
+            }
         });
     }
 
