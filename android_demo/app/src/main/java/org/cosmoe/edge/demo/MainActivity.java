@@ -96,6 +96,9 @@ public final class MainActivity extends Activity {
         outputScroll = (ScrollView) findViewById(R.id.output_scroll);
 
         backend.setAdapter(new ArrayAdapter<>(this, android.R.layout.simple_spinner_dropdown_item, Manifest.BACKENDS));
+        if (!hasExecuTorch()) {  // the offline build (make apk): start on the backend it has
+            backend.setSelection(Manifest.BACKENDS.indexOf("onnx"));
+        }
         backend.setOnItemSelectedListener(new AdapterView.OnItemSelectedListener() {
             @Override
             public void onItemSelected(AdapterView<?> parent, View view, int position, long id) {
@@ -211,6 +214,15 @@ public final class MainActivity extends Activity {
             metrics.setText(e.getMessage());
         }
         showBudget();
+    }
+
+    private static boolean hasExecuTorch() {
+        try {
+            Class.forName("org.cosmoe.edge.demo.ExecuTorchLoader");
+            return true;
+        } catch (ClassNotFoundException | LinkageError e) {
+            return false;
+        }
     }
 
     /**
