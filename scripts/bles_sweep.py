@@ -166,9 +166,10 @@ def report(results: dict, out_doc: Path, plot: Path, note: str):
     against the no-BlES arm of its seed."""
     from doc_figures import write_between_markers
 
-    rel = {n: (r["ppl"] / baseline(results, n)["ppl"] - 1, baseline(results, n)["switch_rate"] / max(r["switch_rate"],
-                                                                                                     1e-9))
-           for n, r in results.items()}
+    rel = {}  # arm -> (perplexity relative to its seed's no-BlES, how many times fewer switches)
+    for n, r in results.items():
+        base = baseline(results, n)
+        rel[n] = (r["ppl"] / base["ppl"] - 1, base["switch_rate"] / max(r["switch_rate"], 1e-9))
     lines = [note, "", "| arm | val. perplexity | vs no-BlES (same seed) | switch rate | fewer switches | largest expert "
              "share (fair = 1) | LRU misses / token, k / 2k per layer |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
