@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+SHARED = ["--shared-expert-hidden", "384", "--top-k", "1"]  # a declared shared expert, top-1 routed: same FLOPs
 STICKY = ["--lb-scope", "batch", "--router-z-weight", "1e-3", "--sticky-from", "0.25", "--bles-weight", "0"]
 ARMS = {  # name: edge-train options on top of the default preset (BlES 1.0, load balancing 0.01)
     "nobles": ["--bles-weight", "0"],
@@ -32,25 +33,25 @@ ARMS = {  # name: edge-train options on top of the default preset (BlES 1.0, loa
     "reuse-0.1": ["--reuse-weight", "0.1", *STICKY],
     "reuse-0.1-seq-lb": ["--reuse-weight", "0.1", "--router-z-weight", "1e-3", "--sticky-from", "0.25",
                          "--bles-weight", "0"],
-    "shared-bles": ["--shared-expert-hidden", "384", "--top-k", "1"],
-    "shared-reuse-0.03": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.03", *STICKY],
+    "shared-bles": SHARED,
+    "shared-reuse-0.03": [*SHARED, "--reuse-weight", "0.03", *STICKY],
     # the reuse reward with stronger batch balancing, against its pinned experts (largest share 3-4x in the first
     # sweep)
     "reuse-0.05-lb0.05": ["--reuse-weight", "0.05", *STICKY, "--lb-weight", "0.05"],
     "reuse-0.1-lb0.05": ["--reuse-weight", "0.1", *STICKY, "--lb-weight", "0.05"],
     "reuse-0.1-lb0.1": ["--reuse-weight", "0.1", *STICKY, "--lb-weight", "0.1"],
     "reuse-0.2-lb0.1": ["--reuse-weight", "0.2", *STICKY, "--lb-weight", "0.1"],
-    "shared-reuse-0.03-lb0.05": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.03", *STICKY,
+    "shared-reuse-0.03-lb0.05": [*SHARED, "--reuse-weight", "0.03", *STICKY,
                                  "--lb-weight", "0.05"],
-    "shared-reuse-0.1-lb0.1": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.1", *STICKY,
+    "shared-reuse-0.1-lb0.1": [*SHARED, "--reuse-weight", "0.1", *STICKY,
                                "--lb-weight", "0.1"],
     "reuse-0.2-lb0.3": ["--reuse-weight", "0.2", *STICKY, "--lb-weight", "0.3"],
     "reuse-0.3-lb0.3": ["--reuse-weight", "0.3", *STICKY, "--lb-weight", "0.3"],
-    "shared-reuse-0.1-lb0.3": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.1", *STICKY,
+    "shared-reuse-0.1-lb0.3": [*SHARED, "--reuse-weight", "0.1", *STICKY,
                                "--lb-weight", "0.3"],
-    "shared-reuse-0.2-lb0.3": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.2", *STICKY,
+    "shared-reuse-0.2-lb0.3": [*SHARED, "--reuse-weight", "0.2", *STICKY,
                                "--lb-weight", "0.3"],
-    "shared-reuse-0.1-lb1": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.1", *STICKY,
+    "shared-reuse-0.1-lb1": [*SHARED, "--reuse-weight", "0.1", *STICKY,
                              "--lb-weight", "1.0"],
     # recipe 1: sticky top-k in the loop (the rule is part of the model, evaluated with it on); deltas around the
     # 50th-90th percentile of the top-k margin at a switch in reuse-0.1-lb0.1 (0.7 / 1.1 / 2.0 logits)
@@ -60,16 +61,16 @@ ARMS = {  # name: edge-train options on top of the default preset (BlES 1.0, loa
     "reuse-0.1-lb0.1-sticky-0.5": ["--reuse-weight", "0.1", "--sticky-delta", "0.5", *STICKY, "--lb-weight", "0.1"],
     "reuse-0.1-lb0.1-sticky-1": ["--reuse-weight", "0.1", "--sticky-delta", "1", *STICKY, "--lb-weight", "0.1"],
     "reuse-0.03-lb0.1-sticky-1": ["--reuse-weight", "0.03", "--sticky-delta", "1", *STICKY, "--lb-weight", "0.1"],
-    "shared-sticky-1-lb0.1": ["--shared-expert-hidden", "384", "--top-k", "1", "--sticky-delta", "1", *STICKY,
+    "shared-sticky-1-lb0.1": [*SHARED, "--sticky-delta", "1", *STICKY,
                               "--lb-weight", "0.1"],
-    "shared-reuse-0.1-lb0.1-sticky-0.5": ["--shared-expert-hidden", "384", "--top-k", "1", "--reuse-weight", "0.1",
+    "shared-reuse-0.1-lb0.1-sticky-0.5": [*SHARED, "--reuse-weight", "0.1",
                                           "--sticky-delta", "0.5", *STICKY, "--lb-weight", "0.1"],
     "sticky-1.5-lb0.1": ["--sticky-delta", "1.5", *STICKY, "--lb-weight", "0.1"],
     "sticky-1.75-lb0.1": ["--sticky-delta", "1.75", *STICKY, "--lb-weight", "0.1"],
     "sticky-1.5-lb0.2": ["--sticky-delta", "1.5", *STICKY, "--lb-weight", "0.2"],
     "sticky-2-lb0.2": ["--sticky-delta", "2", *STICKY, "--lb-weight", "0.2"],
     "reuse-0.1-lb0.2-sticky-1": ["--reuse-weight", "0.1", "--sticky-delta", "1", *STICKY, "--lb-weight", "0.2"],
-    "shared-sticky-1-lb0.3": ["--shared-expert-hidden", "384", "--top-k", "1", "--sticky-delta", "1", *STICKY,
+    "shared-sticky-1-lb0.3": [*SHARED, "--sticky-delta", "1", *STICKY,
                               "--lb-weight", "0.3"],
     # recipe 4: the no-BlES model fine-tuned with a stickiness loss for 25% more steps at a lower rate
     "finetune-bles": ["--bles-weight", "1.0", "--lr", "5e-4", "--warmup", "20", "--train-params", "all"],
@@ -113,6 +114,12 @@ def lru_misses(sets, capacity: int) -> int:
     return misses
 
 
+def held_out_routings(model, x):
+    """Each MoE layer's Routing of the held-out windows x, in batches of 8: (layer, Routing) pairs."""
+    for i in range(0, len(x), 8):
+        yield from enumerate(model(x[i:i + 8])[1])
+
+
 @torch.no_grad()
 def measure_arm(path: Path, windows: int) -> dict:
     from model_card import measure
@@ -121,10 +128,8 @@ def measure_arm(path: Path, windows: int) -> dict:
     model, x = r["model"], r["x"]
     cfg = model.cfg
     per_layer = [[] for _ in range(cfg.n_layers)]
-    for i in range(0, len(x), 8):
-        _, routings = model(x[i:i + 8])
-        for layer, rt in enumerate(routings):
-            per_layer[layer] += [set(row) for row in rt.experts.reshape(-1, rt.experts.shape[-1]).tolist()]
+    for layer, rt in held_out_routings(model, x):
+        per_layer[layer] += [set(row) for row in rt.experts.reshape(-1, rt.experts.shape[-1]).tolist()]
     tokens = x.numel()
     usage = r["eval"]["expert_usage"]
     return {"ppl": r["eval"]["ppl"], "switch_rate": r["eval"]["switch_rate_mean"],
@@ -144,14 +149,13 @@ def switch_margins(path: Path, windows: int) -> list[float]:
 
     r = measure(path, windows)
     out = []
-    for i in range(0, len(r["x"]), 8):
-        for rt in r["model"](r["x"][i:i + 8])[1]:
-            z, E = rt.logits.float(), rt.logits.shape[-1]
-            chosen = torch.nn.functional.one_hot(rt.experts, E).sum(-2).bool()  # (B, T, E)
-            dropped = chosen[:, :-1] & ~chosen[:, 1:]
-            kth = z[:, 1:].masked_fill(~chosen[:, 1:], float("inf")).amin(-1)
-            best = z[:, 1:].masked_fill(~dropped, float("-inf")).amax(-1)
-            out += (kth - best)[dropped.any(-1)].tolist()
+    for _, rt in held_out_routings(r["model"], r["x"]):
+        z, E = rt.logits.float(), rt.logits.shape[-1]
+        chosen = torch.nn.functional.one_hot(rt.experts, E).sum(-2).bool()  # (B, T, E)
+        dropped = chosen[:, :-1] & ~chosen[:, 1:]
+        kth = z[:, 1:].masked_fill(~chosen[:, 1:], float("inf")).amin(-1)
+        best = z[:, 1:].masked_fill(~dropped, float("-inf")).amax(-1)
+        out += (kth - best)[dropped.any(-1)].tolist()
     return out
 
 

@@ -276,9 +276,11 @@ class CoSMoE(nn.Module):
 
     def set_sticky(self, scale: float):
         """Every MoE layer's sticky delta to scale * cfg.sticky_delta (training ramps it in)."""
-        for layer in self.layers:
-            if isinstance(layer.ffn, MoE):
-                layer.ffn.sticky_delta = scale * self.cfg.sticky_delta
+        for moe in self.moe_layers():
+            moe.sticky_delta = scale * self.cfg.sticky_delta
+
+    def moe_layers(self) -> list["MoE"]:
+        return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoE)]
 
     def head(self, h):
         h = self.norm(h)
@@ -294,9 +296,8 @@ class CoSMoE(nn.Module):
         idx = pos if pos is not None else slice(0, T)
         cos, sin = self.rope_cos[idx], self.rope_sin[idx]
         if pos is None or int(pos[0]) == 0:  # a new sequence: no previous token's experts to stick to
-            for layer in self.layers:
-                if isinstance(layer.ffn, MoE):
-                    layer.ffn.sticky_prev = None
+            for moe in self.moe_layers():
+                moe.sticky_prev = None
         h = self.tok_emb(tokens)
         routings = []
         for layer in self.layers:

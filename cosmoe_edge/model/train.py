@@ -51,7 +51,7 @@ class TrainOptions:
     eval_every: int = 500
     eval_windows: int = 64
     seed: int = 0
-    sticky_from: float = 0.0  # the share of steps trained before the stickiness losses (BlES, reuse) start
+    sticky_from: float = 0.0  # the share of steps trained before BlES, the reuse reward and the sticky rule start
     device: str = "cpu"
 
 

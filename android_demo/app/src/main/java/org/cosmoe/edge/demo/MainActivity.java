@@ -50,6 +50,8 @@ import java.util.concurrent.atomic.AtomicBoolean;
  */
 public final class MainActivity extends Activity {
     private static final int THREADS = 1;
+    /** Present in the Gradle build only (see loader()). */
+    private static final String EXECUTORCH_LOADER = "org.cosmoe.edge.demo.ExecuTorchLoader";
 
     private final ExecutorService worker = Executors.newSingleThreadExecutor();
     private final Handler ui = new Handler(Looper.getMainLooper());
@@ -218,7 +220,7 @@ public final class MainActivity extends Activity {
 
     private static boolean hasExecuTorch() {
         try {
-            Class.forName("org.cosmoe.edge.demo.ExecuTorchLoader");
+            Class.forName(EXECUTORCH_LOADER);
             return true;
         } catch (ClassNotFoundException | LinkageError e) {
             return false;
@@ -234,8 +236,7 @@ public final class MainActivity extends Activity {
             return new OnnxLoader(THREADS);
         }
         try {
-            return (ProgramLoader) Class.forName("org.cosmoe.edge.demo.ExecuTorchLoader").getDeclaredConstructor(int.class)
-                    .newInstance(THREADS);
+            return (ProgramLoader) Class.forName(EXECUTORCH_LOADER).getDeclaredConstructor(int.class).newInstance(THREADS);
         } catch (ReflectiveOperationException | LinkageError e) {
             throw new ArtifactException("this build has no ExecuTorch backend (build the app with Gradle for it); "
                     + "choose onnx", "missing_backend");
