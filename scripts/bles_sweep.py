@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 SHARED = ["--shared-expert-hidden", "384", "--top-k", "1"]  # a declared shared expert, top-1 routed: same FLOPs
 STICKY = ["--lb-scope", "batch", "--router-z-weight", "1e-3", "--sticky-from", "0.25", "--bles-weight", "0"]
-ARMS = {  # name: edge-train options on top of the default preset (BlES 1.0, load balancing 0.01)
+ARMS = {  # name: edge-train options on top of the preset "bles" (BlES 1.0, load balancing 0.01)
     "nobles": ["--bles-weight", "0"],
-    "bles": [],  # the shipped recipe
+    "bles": [],  # the recipe shipped before the sweep
     "bles-batch-lb": ["--lb-scope", "batch", "--sticky-from", "0.25"],
     "reuse-0.01": ["--reuse-weight", "0.01", *STICKY],
     "reuse-0.03": ["--reuse-weight", "0.03", *STICKY],
@@ -85,8 +85,8 @@ def train(name: str, a) -> Path:
     if out.exists():
         return out
     arm, _, seed = name.partition("@")
-    cmd = [sys.executable, "-m", "cosmoe_edge.model.train", "--out", str(out), "--device", a.device, "--quiet",
-           "--seed", seed or str(a.seed), "--eval-every", str(a.steps)]
+    cmd = [sys.executable, "-m", "cosmoe_edge.model.train", "--preset", "bles", "--out", str(out), "--device", a.device,
+           "--quiet", "--seed", seed or str(a.seed), "--eval-every", str(a.steps)]
     if name.startswith("finetune-"):
         cmd += ["--init-from", str(train("nobles", a)), "--steps", str(a.steps // 4)]
     else:

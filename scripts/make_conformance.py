@@ -295,7 +295,7 @@ def write_vectors(artifact: Path, out: Path):
         write(out / "generation.json", {
             "backend": BACKEND, "prompt": PROMPT, "prompt_ids": ids, "generated_ids": generated,
             "text": tok.decode(generated), "n_layers": cfg["n_layers"], "num_experts": cfg["num_experts"],
-            "top_k": cfg["top_k"], "layer_max_tokens": m["layer_max_tokens"],
+            "top_k": cfg["top_k"], "sticky_delta": cfg.get("sticky_delta", 0.0), "layer_max_tokens": m["layer_max_tokens"],
             "expert_max_tokens": m["expert_max_tokens"], "steps": engine.routing.trace,
             "route_cases": route_cases(engine.routing.trace, cfg["num_experts"], cfg["top_k"])})
 

@@ -7,8 +7,9 @@ a direction shared by all tokens), which flatters every expert cache. `--switch-
 a trained model's routing statistics instead: each router keeps only a fraction beta of its response to
 the 8 strongest directions of its input (what all tokens share; measured on the source checkpoint's
 held-out text), with beta found by bisection so that the expert switch rate on that text is R (e.g.
-0.32, the shipped BlES model's). Greedy decoding of a random model repeats itself (switch rate ~0.03
-whatever the routers): benchmark such models with sampling (edge-bench --temperature 1).
+0.32, the BlES model shipped until 2026-12-04; the sticky one switches 0.16). Greedy decoding of a random
+model repeats itself (switch rate ~0.03 whatever the routers): benchmark such models with sampling
+(edge-bench --temperature 1).
 
 Usage: python scripts/random_model.py --preset wearable --tokenizer-from models/cosmoe-default.pt --out runs/bench/wearable.pt
        [--switch-rate 0.32]

@@ -128,7 +128,8 @@ def main():
                 runs = repeat(n, edge_run, art, b, budget, cold=True)
                 t = median(runs, "decode_tokens_per_s")
                 full = full or t
-                lines.append(f"| {'BlES' if name.startswith('default') else 'no BlES'} | {b} | {budget} | {t:.0f} | "
+                label = "sticky (default)" if name.startswith("default") else "no stickiness"
+                lines.append(f"| {label} | {b} | {budget} | {t:.0f} | "
                              f"{t / full:.0%} | {median(runs, 'storage_read_bytes') / 1e6:.1f} MB | "
                              f"{median(runs, 'expert_hit_rate'):.1%} | {median(runs, 'peak_rss_bytes') / 1e6:.0f} MB |")
 

@@ -17,7 +17,7 @@ from cosmoe_edge.runtime.cache import ExpertCache
 from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.routing import route, route_cmoe
-from cosmoe_edge.runtime.selection import Selection, SelectionCounts, Sticky, select
+from cosmoe_edge.runtime.selection import Selection, SelectionCounts, Sticky, biased_top_k, select
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "tests" / "conformance"
@@ -100,9 +100,20 @@ def test_routing_replay():
         assert renorm == (abs(sum(case["weights"]) - 1) < 1e-6)  # without renormalising the k do not sum to 1
     flat = next(c for c in g["route_cases"] if len(set(c["logits"])) == 1)
     assert flat["experts"] == list(range(g["top_k"]))  # ties go to the lower expert id
+    # every traced step, with the model's sticky rule when it has one (a state per layer, fresh at position 0)
+    sticky = [Sticky(g["sticky_delta"], np.zeros(g["num_experts"], np.float32)) for _ in range(g["n_layers"])]
     for step in g["steps"]:
-        experts, _ = route(np.asarray(step["router_logits"], dtype=np.float32), g["top_k"])
+        logits = np.asarray(step["router_logits"], dtype=np.float32)
+        if g["sticky_delta"]:
+            if step["pos0"] == 0:
+                sticky[step["layer"]].reset()
+            experts, _ = biased_top_k(logits, g["top_k"], True, None, sticky[step["layer"]])
+        else:
+            experts, _ = route(logits, g["top_k"])
         assert experts.tolist() == step["experts"], (step["pos0"], step["layer"])
+    if g["sticky_delta"]:  # the rule changed choices in this trace, so the replay above tested it
+        assert any(route(np.asarray(s["router_logits"], np.float32), g["top_k"])[0].tolist() != s["experts"]
+                   for s in g["steps"])
     # the calls a generation makes: the prompt in chunks, then one token per step, every layer each time
     positions = [(s["pos0"], len(s["experts"])) for s in g["steps"] if s["layer"] == 0]
     n_prompt = len(g["prompt_ids"])

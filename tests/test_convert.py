@@ -17,8 +17,8 @@ CLI = [sys.executable, "-m", "cosmoe_edge.export.convert"]
 TEXT = "The list type is a mutable sequence of items, and"
 
 
-def convert(model: Path, out: Path):
-    r = subprocess.run([*CLI, str(model), "--out", str(out)], capture_output=True, text=True, timeout=300)
+def convert(model: Path, out: Path, *flags: str):
+    r = subprocess.run([*CLI, str(model), "--out", str(out), *flags], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -31,9 +31,13 @@ def hf(folder: Path):
 @torch.no_grad()
 def test_shipped_model_in_transformers_equals_eager(tmp_path):
     model_path = ROOT / "models" / "cosmoe-default.pt"
-    convert(model_path, tmp_path / "hf")
+    r = subprocess.run([*CLI, str(model_path), "--out", str(tmp_path / "hf")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--plain-top-k" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    convert(model_path, tmp_path / "hf", "--plain-top-k")
     theirs, tok = hf(tmp_path / "hf")
     ours, our_tok, _ = load_model(model_path)
+    assert ours.cfg.sticky_delta > 0
+    ours.set_sticky(0.0)  # Mixtral routes each token on its own: the checkpoint with the rule off
     ids = our_tok.encode(TEXT).ids
     assert tok(TEXT)["input_ids"] == ids  # the byte-level BPE survives
     x = torch.tensor([ids])
@@ -67,7 +71,7 @@ def test_gguf_reads_back_as_the_checkpoint(tmp_path):
     from cosmoe_edge.export.mixtral import permute_for_ggml
 
     model_path = ROOT / "models" / "cosmoe-default.pt"
-    r = subprocess.run([*CLI, str(model_path), "--to", "gguf", "--out", str(tmp_path / "m.gguf")],
+    r = subprocess.run([*CLI, str(model_path), "--to", "gguf", "--plain-top-k", "--out", str(tmp_path / "m.gguf")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     model, tok, ckpt = load_model(model_path)

@@ -120,7 +120,7 @@ def test_refusals_are_one_clear_line(tmp_path):
     (tmp_path / "taken.pt").write_bytes(b"x")
     gguf = tmp_path / "moe.gguf"  # llama.cpp's MoE form, which transformers reads as a dense Llama
     r = subprocess.run([sys.executable, "-m", "cosmoe_edge.export.convert", ROOT / "models" / "cosmoe-default.pt",
-                        "--to", "gguf", "--out", gguf], capture_output=True, text=True, timeout=300)
+                        "--to", "gguf", "--plain-top-k", "--out", gguf], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for args, message in (((tmp_path / "gpt2",), "architecture GPT2LMHeadModel"),
                           ((gguf,), "do not fill a LlamaForCausalLM"),

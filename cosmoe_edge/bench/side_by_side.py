@@ -142,8 +142,8 @@ def compare(artifact: Path, model: Path, work: Path, *, backends: list[str], thr
     stale = [q for q, p in ggufs.items() if not p.is_file() or p.stat().st_mtime < model.stat().st_mtime]
     if stale:  # the quantised files are kept and reused; the f32 one (4x their size) only while they are made
         log(f"converting {model} to {f32}")
-        try:
-            to_gguf(model, f32)
+        try:  # llama.cpp routes each token on its own: a sticky top-k model runs there without its rule
+            to_gguf(model, f32, plain_top_k=True)
             for q in stale:
                 llamacpp.quantize(bindir, f32, q)
         finally:

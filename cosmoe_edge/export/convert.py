@@ -19,12 +19,16 @@ fail = partial(exit_error, "edge-convert")  # one line on stderr, exit code 2 (o
                   "MixtralForCausalLM gives the eager model's logits; --to gguf, one fp32 GGUF file for llama.cpp "
                   "(llama architecture with experts, the byte-level BPE as a gpt2 vocabulary; quantise it with "
                   "llama-quantize). Models with weight-decomposed experts or a shared expert have no Mixtral form "
-                  "and are refused.")
+                  "and are refused; a sticky top-k model (the shipped one) converts with --plain-top-k, routing "
+                  "each token on its own as Mixtral does.")
 def main(
     model: Annotated[Path, typer.Argument(help="Checkpoint written by edge-train (e.g. models/cosmoe-default.pt).")],
     out: Annotated[Path, typer.Option(help="Folder (hf) or file (gguf) to write.")],
     to: Annotated[str, typer.Option(help="hf (a transformers MixtralForCausalLM folder) or gguf (a llama.cpp file).")] = "hf",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    plain_top_k: Annotated[bool, typer.Option("--plain-top-k", help="Convert a sticky top-k model without its rule "
+                                              "(Mixtral and llama.cpp take each token's top-k on its own; the "
+                                              "eager model with the rule off is what they then compute).")] = False,
 ):
     from cosmoe_edge.errors import EdgeError
     from cosmoe_edge.export.mixtral import to_gguf, to_hf_folder
@@ -39,9 +43,9 @@ def main(
         fail(f"{out} exists{'' if to == 'gguf' else ' and is not empty'}; pass --force to replace it")
     try:
         if to == "gguf":
-            to_gguf(model, out)
+            to_gguf(model, out, plain_top_k)
         else:
-            to_hf_folder(model, out)
+            to_hf_folder(model, out, plain_top_k)
     except EdgeError as e:
         fail(str(e))
     except OSError as e:

@@ -35,7 +35,13 @@ def mixtral_config(cfg, eos: int) -> dict:
     }
 
 
-def check_convertible(cfg):
+def check_convertible(cfg, plain_top_k: bool = False):
+    """Refuse what Mixtral cannot express. A sticky top-k model converts only when asked (`plain_top_k`): Mixtral
+    and llama.cpp route each token on its own, so the converted model is the checkpoint with the rule off."""
+    if cfg.sticky_delta and not plain_top_k:
+        raise ExportError(f"sticky top-k (sticky_delta {cfg.sticky_delta:g}) has no Mixtral form: Mixtral and llama.cpp "
+                          "route each token on its own; pass --plain-top-k to convert it without the rule",
+                          "not_convertible")
     if cfg.ffn != "moe":
         raise ExportError("only MoE checkpoints convert to Mixtral; this one is the dense baseline", "not_moe")
     if cfg.expert_kind != "swiglu":
@@ -63,12 +69,12 @@ def mixtral_tensors(source: Source, layer: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_hf_folder(ckpt: Path, out: Path) -> Path:
+def to_hf_folder(ckpt: Path, out: Path, plain_top_k: bool = False) -> Path:
     """Write config.json, model.safetensors (fp32), tokenizer.json and tokenizer_config.json into `out`
     (through a temporary folder beside it, renamed when complete)."""
     with Source(ckpt) as source:
         cfg = source.cfg
-        check_convertible(cfg)
+        check_convertible(cfg, plain_top_k)
         tokenizer = source.tokenizer
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -102,14 +108,14 @@ def permute_for_ggml(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def to_gguf(ckpt: Path, out: Path) -> Path:
+def to_gguf(ckpt: Path, out: Path, plain_top_k: bool = False) -> Path:
     """One GGUF file (llama architecture with experts, as llama.cpp reads Mixtral; fp32 tensors; the
     byte-level BPE as a gpt2 vocabulary with its merges), written beside `out` and renamed."""
     import gguf
 
     with Source(ckpt) as source:
         cfg = source.cfg
-        check_convertible(cfg)
+        check_convertible(cfg, plain_top_k)
         tok = source.tokenizer
         spec = json.loads(source.tokenizer_json)
         w = gguf.GGUFWriter(None, "llama")

@@ -111,7 +111,12 @@ class ModelConfig:
 
 PRESETS = {
     # the shipped default: ~11M parameters, 8 experts per layer, BlES on
-    "default": ModelConfig(bles_weight=1.0),
+    # the shipped recipe (issue 16): sticky top-k (delta 1.75, ramped in after a quarter of the steps:
+    # edge-train --sticky-from 0.25), load balancing 0.1 over the batch, router z-loss 1e-3, no BlES
+    "default": ModelConfig(sticky_delta=1.75, lb_weight=0.1, lb_scope="batch", router_z_weight=1e-3),
+    # the recipe shipped before it: BlES 1.0 with per-sequence load balancing 0.01 (the model card's (d);
+    # scripts/bles_sweep.py's arms start from it)
+    "bles": ModelConfig(bles_weight=1.0),
     "tiny": ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
                         num_experts=4, top_k=2, expert_hidden=96, wd_rank=32),
     # the CoSMoE paper's wearable-scale shape (19 layers, 8 experts top-2, ~380M total params) with

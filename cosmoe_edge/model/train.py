@@ -223,8 +223,9 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
             x, y = (t.to(o.device) for t in random_batch(train_ids, o.batch_size, o.seq_len, gen))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, o)
-            if cfg.sticky_delta:
-                model.set_sticky(sticky_scale(step, o))
+            if cfg.sticky_delta:  # a fine-tune of a model trained with the rule keeps it at full strength
+                model.set_sticky(1.0 if start is not None and start["config"].get("sticky_delta") == cfg.sticky_delta
+                                 else sticky_scale(step, o))
             logits, routings = ddp(x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             loss = ce + router_aux_loss(routings, cfg, sticky=step >= o.sticky_from * o.steps)
@@ -298,7 +299,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def main(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (atomically).")] = Path("model.pt"),
     corpus: Annotated[Path | None, typer.Option(help="Text file or folder of .txt/.rst/.md files.")] = None,
-    preset: Annotated[str, typer.Option(help=f"Model shape to start from: {', '.join(PRESETS)}.")] = "default",
+    preset: Annotated[str, typer.Option(help=f"Model shape and losses to start from: {', '.join(PRESETS)} (default: "
+                                             "the shipped recipe, sticky top-k; train it with --sticky-from 0.25 "
+                                             "as scripts/train_default.sh does; bles: the one shipped before).")
+                      ] = "default",
     dense: Annotated[bool, typer.Option("--dense", help="Train the FLOP-matched dense baseline of the preset.")] = False,
     dim: Annotated[int | None, typer.Option(help="Model width.")] = None,
     layers: Annotated[int | None, typer.Option(help="Number of layers.")] = None,

@@ -102,6 +102,7 @@ public class ConformanceDecodeLoopTest {
         a.nLayers = g.get("n_layers").getAsInt();
         a.numExperts = g.get("num_experts").getAsInt();
         a.topK = g.get("top_k").getAsInt();
+        a.stickyDelta = g.get("sticky_delta").getAsDouble();
         a.layerMaxTokens = g.get("layer_max_tokens").getAsInt();
         a.expertMaxTokens = g.get("expert_max_tokens").getAsInt();
         a.maxSeqLen = prompt.length + generated.length;

@@ -35,10 +35,24 @@ public class ConformanceRoutingTest {
 
     @Test
     public void everyTracedStepChoosesTheSameExperts() {
+        // with the model's sticky rule when it has one: a state per layer, fresh at position 0
+        double delta = g.get("sticky_delta").getAsDouble();
+        Selection plain = new Selection(topK, "wait", 0.0, 0.0);
+        Selection.Sticky[] sticky = new Selection.Sticky[g.get("n_layers").getAsInt()];
+        for (int l = 0; l < sticky.length; l++) {
+            sticky[l] = new Selection.Sticky(delta, numExperts);
+        }
         for (JsonElement e : g.getAsJsonArray("steps")) {
             JsonObject s = e.getAsJsonObject();
             int[][] want = Conformance.intRows(s.get("experts"));
-            Router.Routing r = Router.route(Conformance.matrix(s.get("router_logits")), numExperts, topK);
+            Selection.Sticky st = sticky[s.get("layer").getAsInt()];
+            if (s.get("pos0").getAsInt() == 0) {
+                st.reset();
+            }
+            Router.Routing r = delta > 0
+                    ? plain.select(Conformance.matrix(s.get("router_logits")), numExperts, topK, true, null, null,
+                            new Selection.Counts(), st).routing
+                    : Router.route(Conformance.matrix(s.get("router_logits")), numExperts, topK);
             assertEquals(want.length, r.experts.length);
             for (int t = 0; t < want.length; t++) {
                 assertArrayEquals("pos " + (s.get("pos0").getAsInt() + t) + " layer " + s.get("layer"), want[t],
