@@ -86,7 +86,8 @@ def main():
 
     rel = os.path.relpath(a.results, a.out.parent)
     lines += ["", "Plots (one panel per artifact and backend; dotted lines: with prefetch; dashed grey: no cache):", ""]
-    lines += [f"![{p.stem}]({rel}/{p.name})" for p in sorted(a.results.glob("*.png"))]
+    plots = [p for p in sorted(a.results.glob("*.png")) if p.stem != "bles_frontier"]  # that one is the card's
+    lines += [f"![{p.stem}]({rel}/{p.name})" for p in plots]
     body = "\n".join(lines)
     write_between_markers(a.out, body)
     print(body)
