@@ -110,7 +110,6 @@ class ModelConfig:
 
 
 PRESETS = {
-    # the shipped default: ~11M parameters, 8 experts per layer, BlES on
     # the shipped recipe (issue 16): sticky top-k (delta 1.75, ramped in after a quarter of the steps:
     # edge-train --sticky-from 0.25), load balancing 0.1 over the batch, router z-loss 1e-3, no BlES
     "default": ModelConfig(sticky_delta=1.75, lb_weight=0.1, lb_scope="batch", router_z_weight=1e-3),
