@@ -75,8 +75,9 @@ class NextUse(Policy):
     needed next, empties the cache on this cycle once the budget holds less than one token's experts.
     p = chosen / visits, starting from a prior of what routing usually does before an expert has a history:
     one chosen at its layer's last visit is chosen again 2 times in 3 (the BlES model it was set on switched ~1/3
-    of its experts per token; the sticky one shipped since ~1/6), one not chosen 1 time in 4 (top-2 of 8). Waits are compared as fractions of
-    integers, so the Java mirror decides identically. Ties go to the least recently used."""
+    of its experts per token; the sticky one shipped since ~1/6), one not chosen 1 time in 4 (top-2 of 8).
+    Waits are compared as fractions of integers, so the Java mirror decides identically. Ties go to the least
+    recently used."""
 
     PRIOR = {True: (2, 3), False: (1, 4)}  # (chosen, visits) before any count
 
