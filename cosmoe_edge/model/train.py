@@ -216,6 +216,8 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
                             TextColumn("{task.fields[info]}"), transient=False)
         progress.start()
         task = progress.add_task("train", total=o.steps, completed=start_step, info="")
+    # a fine-tune of a model trained with the sticky rule keeps it at full strength (no ramp from 0)
+    keeps_rule = start is not None and start["config"].get("sticky_delta") == cfg.sticky_delta
     try:
         for step in range(start_step, o.steps):
             # per-step generator: a resumed run draws exactly the batches the original would have
@@ -223,9 +225,8 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
             x, y = (t.to(o.device) for t in random_batch(train_ids, o.batch_size, o.seq_len, gen))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, o)
-            if cfg.sticky_delta:  # a fine-tune of a model trained with the rule keeps it at full strength
-                model.set_sticky(1.0 if start is not None and start["config"].get("sticky_delta") == cfg.sticky_delta
-                                 else sticky_scale(step, o))
+            if cfg.sticky_delta:
+                model.set_sticky(1.0 if keeps_rule else sticky_scale(step, o))
             logits, routings = ddp(x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             loss = ce + router_aux_loss(routings, cfg, sticky=step >= o.sticky_from * o.steps)
