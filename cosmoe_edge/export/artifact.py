@@ -99,7 +99,9 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
     source = Source(ckpt_path)
     cfg = source.cfg
     if cfg.ffn != "moe":
-        raise ExportError("edge-export needs an MoE model; this checkpoint is the dense baseline", "not_moe")
+        what = "the dense baseline" if cfg.ffn == "dense" else f"ffn {cfg.ffn!r} (PEER layers do not export yet)"
+        raise ExportError(f"edge-export needs an MoE model (ffn 'moe' in every layer); this checkpoint is {what}",
+                          "not_moe")
     check_group_size(cfg.to_dict(), scheme, group_size, backends)
     out.parent.mkdir(parents=True, exist_ok=True)
     head_costs = None

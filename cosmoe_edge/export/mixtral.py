@@ -43,7 +43,9 @@ def check_convertible(cfg, plain_top_k: bool = False):
                           "route each token on its own; pass --plain-top-k to convert it without the rule",
                           "not_convertible")
     if cfg.ffn != "moe":
-        raise ExportError("only MoE checkpoints convert to Mixtral; this one is the dense baseline", "not_moe")
+        what = "the dense baseline" if cfg.ffn == "dense" else f"ffn {cfg.ffn!r}"
+        raise ExportError(f"only MoE checkpoints (ffn 'moe' in every layer) convert to Mixtral; this one is {what}",
+                          "not_moe")
     if cfg.expert_kind != "swiglu":
         raise ExportError("weight-decomposed (wd) experts have no Mixtral form; convert a swiglu-expert model",
                           "not_convertible")

@@ -55,7 +55,7 @@ class Source:
         """Block `layer`; without `experts` its routed experts stay on the meta device (the layer
         program does not read them)."""
         with torch.device("meta"):
-            block = Block(self.cfg)
+            block = Block(self.cfg, self.cfg.ffn_kinds[layer])
         prefix = f"layers.{layer}."
         names = [k[len(prefix):] for k in self._state if k.startswith(prefix)]
         wanted = {k: self.tensor(prefix + k) for k in names if experts or not k.startswith("ffn.experts.")}

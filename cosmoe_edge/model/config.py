@@ -1,6 +1,9 @@
 """The one model config. Stored in model.pt as a plain dict, so it must stay JSON-friendly."""
 
 from dataclasses import asdict, dataclass, fields
+from math import isqrt
+
+FFN_KINDS = ("moe", "dense", "peer")
 
 
 @dataclass
@@ -15,7 +18,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     attn_bias: bool = False  # biases on the q, k and v projections (Qwen2's attention; edge-import)
-    # feed-forward: "moe" in every layer, or "dense" (the FLOP-aligned baseline)
+    # feed-forward: "moe", "dense" (the FLOP-aligned baseline) or "peer" in every layer, or one kind per layer,
+    # comma-separated ("moe,moe,peer,moe"): ffn_kinds
     ffn: str = "moe"
     dense_hidden: int = 768  # used when ffn == "dense"
     num_experts: int = 8
@@ -49,6 +53,15 @@ class ModelConfig:
     # token (same layer, same sequence) selected; the weights stay the unbiased probabilities. Part of the
     # model: evaluation, export and the runtime apply it too. 0: plain top-k
     sticky_delta: float = 0.0
+    # PEER layers (model/peer.py): a pool of peer_experts single-neuron experts (a perfect square: product keys
+    # are two tables of sqrt(N) sub-keys), peer_heads heads each retrieving peer_topk of them with a query of
+    # peer_key_dim (BatchNorm'd when peer_query_norm)
+    peer_experts: int = 16384
+    peer_heads: int = 4
+    peer_topk: int = 8
+    peer_key_dim: int = 128
+    peer_query_norm: bool = True
+    peer_activation: str = "gelu"
 
     def __post_init__(self):
         if self.dim % self.n_heads:
@@ -57,8 +70,22 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ValueError("head dimension must be even for RoPE")
-        if self.ffn not in ("moe", "dense"):
-            raise ValueError(f"ffn must be 'moe' or 'dense', not {self.ffn!r}")
+        kinds = self.ffn.split(",")
+        if any(k not in FFN_KINDS for k in kinds) or len(kinds) not in (1, self.n_layers):
+            raise ValueError(f"ffn must be one of {', '.join(FFN_KINDS)}, or one of them per layer ({self.n_layers}, "
+                             f"comma-separated), not {self.ffn!r}")
+        if "peer" in kinds:
+            n = isqrt(self.peer_experts)
+            if self.peer_experts < 1 or n * n != self.peer_experts:
+                raise ValueError(f"peer_experts {self.peer_experts} must be a perfect square (product keys)")
+            if self.peer_key_dim < 2 or self.peer_key_dim % 2:
+                raise ValueError(f"peer_key_dim {self.peer_key_dim} must be even (two halves for product keys)")
+            if not 1 <= self.peer_topk <= n:
+                raise ValueError(f"peer_topk {self.peer_topk} must be in 1..sqrt(peer_experts) ({n})")
+            if self.peer_heads < 1:
+                raise ValueError(f"peer_heads {self.peer_heads} must be at least 1")
+            if self.peer_activation not in ("gelu", "relu"):
+                raise ValueError(f"peer_activation must be 'gelu' or 'relu', not {self.peer_activation!r}")
         if self.expert_kind not in ("swiglu", "wd"):
             raise ValueError(f"expert_kind must be 'swiglu' or 'wd', not {self.expert_kind!r}")
         if self.bles_form not in ("standardized", "softmax"):
@@ -67,22 +94,35 @@ class ModelConfig:
             raise ValueError(f"lb_scope must be 'sequence' or 'batch', not {self.lb_scope!r}")
         if self.router_kind not in ("softmax", "cmoe"):
             raise ValueError(f"router_kind must be 'softmax' or 'cmoe', not {self.router_kind!r}")
-        if self.sticky_delta and not (self.sticky_delta > 0 and self.ffn == "moe" and self.router_kind == "softmax"):
+        if self.sticky_delta and not (self.sticky_delta > 0 and self.has_moe and self.router_kind == "softmax"):
             raise ValueError(f"sticky_delta {self.sticky_delta} must be > 0 and needs an MoE with a softmax router")
         if self.shared_expert_gate and not self.shared_expert_hidden:
             raise ValueError("shared_expert_gate needs a shared expert (shared_expert_hidden > 0)")
-        if self.ffn == "moe" and not 1 <= self.top_k <= self.num_experts:
+        if self.has_moe and not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k {self.top_k} must be in 1..num_experts ({self.num_experts})")
-        if self.k_main and not (self.ffn == "moe" and self.router_kind == "softmax" and 1 <= self.k_main <= self.top_k):
+        if self.k_main and not (self.has_moe and self.router_kind == "softmax" and 1 <= self.k_main <= self.top_k):
             raise ValueError(f"k_main {self.k_main} needs an MoE with a softmax router and 1 <= k_main <= top_k "
                              f"({self.top_k})")
+
+    @property
+    def ffn_kinds(self) -> list[str]:
+        """The feed-forward kind of each layer."""
+        kinds = self.ffn.split(",")
+        return kinds * self.n_layers if len(kinds) == 1 else kinds
+
+    @property
+    def has_moe(self) -> bool:
+        return "moe" in self.ffn_kinds
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as stored in model.pt and in a manifest's "model"; the PEER settings only where a layer is
+        PEER, so a model without one is written exactly as before they existed."""
+        d = asdict(self)
+        return d if "peer" in self.ffn_kinds else {k: v for k, v in d.items() if not k.startswith("peer_")}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

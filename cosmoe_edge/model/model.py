@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cosmoe_edge.model.config import ModelConfig
+from cosmoe_edge.model.peer import PEER
 
 
 class RMSNorm(nn.Module):
@@ -236,13 +237,22 @@ class DenseFFN(SwiGLU):
         return super().forward(x), None
 
 
+def make_ffn(cfg: ModelConfig, kind: str) -> nn.Module:
+    if kind == "moe":
+        return MoE(cfg)
+    if kind == "peer":
+        return PEER(cfg.dim, cfg.peer_experts, cfg.peer_heads, cfg.peer_topk, cfg.peer_key_dim, cfg.peer_query_norm,
+                    cfg.peer_activation)
+    return DenseFFN(cfg.dim, cfg.dense_hidden)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, ffn_kind: str):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = MoE(cfg) if cfg.ffn == "moe" else DenseFFN(cfg.dim, cfg.dense_hidden)
+        self.ffn = make_ffn(cfg, ffn_kind)
 
     def forward(self, x, cos, sin, pos=None):
         h = x + self.attn(self.attn_norm(x), cos, sin, pos)
@@ -255,7 +265,7 @@ class CoSMoE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.ffn_kinds)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         # tied: the LM head is tok_emb.weight (no second copy in the state dict)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -282,6 +292,9 @@ class CoSMoE(nn.Module):
     def moe_layers(self) -> list["MoE"]:
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoE)]
 
+    def peer_layers(self) -> list[PEER]:
+        return [layer.ffn for layer in self.layers if isinstance(layer.ffn, PEER)]
+
     def head(self, h):
         h = self.norm(h)
         return h @ self.tok_emb.weight.t() if self.lm_head is None else self.lm_head(h)
@@ -307,20 +320,20 @@ class CoSMoE(nn.Module):
 
 
 def param_summary(model: CoSMoE) -> dict:
-    """Parameter counts: total, per routed expert, and active per token (what one token touches)."""
+    """Parameter counts: total, per routed expert, and active per token (what one token touches). A PEER layer's
+    pool counts as experts too; a token touches heads * top_k of its rows in each table."""
     cfg = model.cfg
     total = sum(p.numel() for p in model.parameters())
     embedding = model.tok_emb.weight.numel()
-    if cfg.ffn == "moe":
-        per_expert = sum(p.numel() for p in model.layers[0].ffn.experts[0].parameters())
-        all_experts = per_expert * cfg.num_experts * cfg.n_layers
-        # compressed experts: k_main experts run; the vectors (E x dim per layer) cost a weighted sum of k - k_main
-        vectors = cfg.num_experts * cfg.dim * cfg.n_layers if cfg.k_main else 0
-        k_run = cfg.k_main or cfg.top_k
-        active = (total - all_experts - vectors + per_expert * k_run * cfg.n_layers
-                  + (cfg.top_k - k_run) * cfg.dim * cfg.n_layers)
-    else:
-        per_expert, all_experts, active = 0, 0, total
+    moe, peer = model.moe_layers(), model.peer_layers()
+    per_expert = sum(p.numel() for p in moe[0].experts[0].parameters()) if moe else 0
+    k_run = cfg.k_main or cfg.top_k
+    # compressed experts: k_main experts run; the vectors (E x dim per layer) cost a weighted sum of k - k_main
+    vectors = cfg.num_experts * cfg.dim if cfg.k_main else 0
+    pool = 2 * cfg.peer_experts * cfg.dim
+    all_experts = per_expert * cfg.num_experts * len(moe) + pool * len(peer)
+    active = (total - all_experts - vectors * len(moe) + (per_expert * k_run + (cfg.top_k - k_run) * cfg.dim) * len(moe)
+              + 2 * cfg.peer_heads * cfg.peer_topk * cfg.dim * len(peer))
     return {"total": total, "embedding": embedding, "per_expert": per_expert,
             "all_experts": all_experts, "active": active}
 
@@ -329,7 +342,10 @@ def format_summary(cfg: ModelConfig, counts: dict) -> str:
     kind = f"{cfg.num_experts} x {cfg.expert_kind} experts (top-{cfg.top_k}, hidden {cfg.expert_hidden}" + (
         f", rank {cfg.wd_rank}" if cfg.expert_kind == "wd" else "") + (
         f", {cfg.k_main} run + {cfg.top_k - cfg.k_main} compressed)" if cfg.k_main else ")")
-    ffn = kind if cfg.ffn == "moe" else f"dense SwiGLU (hidden {cfg.dense_hidden})"
+    names = {"moe": kind, "dense": f"dense SwiGLU (hidden {cfg.dense_hidden})",
+             "peer": f"PEER ({cfg.peer_experts} experts, {cfg.peer_heads} heads x top-{cfg.peer_topk}, "
+                     f"key dim {cfg.peer_key_dim})"}
+    ffn = names[cfg.ffn] if cfg.ffn in names else ", ".join(f"{i}: {names[k]}" for i, k in enumerate(cfg.ffn_kinds))
     m = lambda n: f"{n / 1e6:.2f}M"  # noqa: E731
     lines = [f"CoSMoE: {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads / {cfg.n_kv_heads} kv, "
              f"vocab {cfg.vocab_size}, ffn: {ffn}",

@@ -269,7 +269,7 @@ def run(cfg: ModelConfig, o: TrainOptions, out: Path, corpus: Path | None, resum
             "train_seconds": prev.get("train_seconds", 0.0) + elapsed, "params": counts,
             "val_loss": ev["loss"], "val_ppl": ev["ppl"], "expert_usage": ev.get("expert_usage"),
             "switch_rate": ev.get("switch_rate"), "switch_rate_mean": ev.get("switch_rate_mean"),
-            "history": history,
+            "peer_usage": ev.get("peer_usage"), "history": history,
             # a held-out sample travels with the model, so edge-export can verify without the corpus
             "val_text": "\n".join(val_texts)[:VAL_TEXT_CHARS],
         }
@@ -288,6 +288,8 @@ def print_result(meta: dict, out: Path):
                      + f" (mean {meta['switch_rate_mean']:.3f})")
         for i, u in enumerate(meta["expert_usage"]):
             lines.append(f"  layer {i} expert usage: " + " ".join(f"{x:.2f}" for x in u))
+    for i, u in enumerate(meta.get("peer_usage") or []):
+        lines.append(f"PEER layer {i}: {u['used']:.1%} of the pool retrieved, KL from uniform {u['kl_uniform']:.3f}")
     print("\n".join(lines), flush=True)
 
 
@@ -305,6 +307,16 @@ def main(
                                              "as scripts/train_default.sh does; bles: the one shipped before).")
                       ] = "default",
     dense: Annotated[bool, typer.Option("--dense", help="Train the FLOP-matched dense baseline of the preset.")] = False,
+    ffn: Annotated[str | None, typer.Option(help="Feed-forward of every layer: moe, dense or peer, or one per layer "
+                                                 "comma-separated (moe,moe,peer,moe).")] = None,
+    peer_experts: Annotated[int | None, typer.Option(help="PEER: single-neuron experts in a layer's pool (a perfect "
+                                                          "square: product keys).")] = None,
+    peer_heads: Annotated[int | None, typer.Option(help="PEER: retrieval heads (each its own query).")] = None,
+    peer_topk: Annotated[int | None, typer.Option(help="PEER: experts each head retrieves (at most sqrt(pool)).")]
+    = None,
+    peer_key_dim: Annotated[int | None, typer.Option(help="PEER: query and product-key width (even).")] = None,
+    peer_query_norm: Annotated[bool | None, typer.Option(help="PEER: BatchNorm on the query (the paper's default).")]
+    = None,
     dim: Annotated[int | None, typer.Option(help="Model width.")] = None,
     layers: Annotated[int | None, typer.Option(help="Number of layers.")] = None,
     experts: Annotated[int | None, typer.Option(help="Routed experts per layer.")] = None,
@@ -361,7 +373,12 @@ def main(
                                        shared_expert_hidden=shared_expert_hidden, vocab_size=vocab_size,
                                        bles_weight=bles_weight, lb_weight=lb_weight, bles_form=bles_form,
                                        reuse_weight=reuse_weight, router_z_weight=router_z_weight,
-                                       lb_scope=lb_scope, k_main=k_main, sticky_delta=sticky_delta).items() if v is not None}
+                                       lb_scope=lb_scope, k_main=k_main, sticky_delta=sticky_delta, ffn=ffn,
+                                       peer_experts=peer_experts, peer_heads=peer_heads, peer_topk=peer_topk,
+                                       peer_key_dim=peer_key_dim, peer_query_norm=peer_query_norm).items()
+                 if v is not None}
+    if ffn is not None and "moe" not in ffn.split(","):
+        overrides.setdefault("sticky_delta", 0.0)  # the preset's sticky rule has no router to act on
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                         eval_windows=eval_windows, seed=seed, sticky_from=sticky_from, device=device)
