@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmoe_edge.model.config import ModelConfig
-from cosmoe_edge.model.model import PEER, CoSMoE, param_summary
+from cosmoe_edge.model.model import PEER, CoSMoE, ffn_macs, param_summary
 from cosmoe_edge.model.peer import product_key_topk, usage
 from cosmoe_edge.model.train import TrainOptions, run
 from tests.conftest import tiny_config
@@ -138,3 +138,14 @@ def test_a_config_without_peer_keeps_its_model():
     assert cfg.ffn_kinds == ["moe", "moe"] and not CoSMoE(cfg).peer_layers()
     peer = tiny_config(ffn="peer", peer_experts=64, peer_topk=8)
     assert ModelConfig.from_dict(peer.to_dict()) == peer and peer.to_dict()["peer_experts"] == 64
+
+
+def test_the_compared_peer_layer_costs_what_the_moe_layer_it_replaces_costs():
+    """The model card's PEER arm (N = 256^2, 8 heads x top-16, key dim 128) in the middle layer: its feed-forward
+    does the MACs of the shipped MoE layer's two experts, and the dense baseline matches the experts too."""
+    moe = ModelConfig()
+    peer = ModelConfig(ffn="moe,moe,peer,moe", peer_experts=256 ** 2, peer_heads=8, peer_topk=16, peer_key_dim=128)
+    experts = 2 * 3 * 256 * 384
+    assert ffn_macs(moe) == [256 * 8 + experts] * 4
+    assert ffn_macs(peer) == [256 * 8 + experts] * 2 + [experts] + [256 * 8 + experts]
+    assert ffn_macs(moe.dense_baseline()) == [experts] * 4

@@ -5,6 +5,7 @@ module, so export/ can wrap it without copying the maths.
 """
 
 from dataclasses import dataclass
+from math import isqrt
 
 import torch
 import torch.nn as nn
@@ -336,6 +337,20 @@ def param_summary(model: CoSMoE) -> dict:
               + 2 * cfg.peer_heads * cfg.peer_topk * cfg.dim * len(peer))
     return {"total": total, "embedding": embedding, "per_expert": per_expert,
             "all_experts": all_experts, "active": active}
+
+
+def ffn_macs(cfg: ModelConfig) -> list[int]:
+    """Multiply-accumulates per token of each layer's feed-forward, routing included: what "equal active FLOPs"
+    compares. MoE: the router and top_k experts (3 matrices each; wd: two factors each) plus the shared expert;
+    PEER: the query, every head's sub-key scores (2 * sqrt(N) * key_dim / 2) and heads * top_k experts of 2 * dim
+    (the k^2 candidate sums and the softmax are additions, left out)."""
+    rank = cfg.wd_rank if cfg.expert_kind == "wd" else 0
+    expert = 3 * (rank * (cfg.dim + cfg.expert_hidden) if rank else cfg.dim * cfg.expert_hidden)
+    macs = {"dense": 3 * cfg.dim * cfg.dense_hidden,
+            "moe": cfg.dim * cfg.num_experts + cfg.top_k * expert + 3 * cfg.dim * cfg.shared_expert_hidden,
+            "peer": cfg.peer_heads * (cfg.dim * cfg.peer_key_dim + isqrt(cfg.peer_experts) * cfg.peer_key_dim
+                                      + cfg.peer_topk * 2 * cfg.dim)}
+    return [macs[k] for k in cfg.ffn_kinds]
 
 
 def format_summary(cfg: ModelConfig, counts: dict) -> str:
