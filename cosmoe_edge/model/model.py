@@ -341,13 +341,15 @@ def param_summary(model: CoSMoE) -> dict:
 
 def ffn_macs(cfg: ModelConfig) -> list[int]:
     """Multiply-accumulates per token of each layer's feed-forward, routing included: what "equal active FLOPs"
-    compares. MoE: the router and top_k experts (3 matrices each; wd: two factors each) plus the shared expert;
+    compares. MoE: the router (CMoE's: two matrices) and the experts that run (top_k, or k_main with compressed
+    experts; 3 matrices each, wd: two factors each) plus the shared expert;
     PEER: the query, every head's sub-key scores (2 * sqrt(N) * key_dim / 2) and heads * top_k experts of 2 * dim
     (the k^2 candidate sums and the softmax are additions, left out)."""
     rank = cfg.wd_rank if cfg.expert_kind == "wd" else 0
     expert = 3 * (rank * (cfg.dim + cfg.expert_hidden) if rank else cfg.dim * cfg.expert_hidden)
     macs = {"dense": 3 * cfg.dim * cfg.dense_hidden,
-            "moe": cfg.dim * cfg.num_experts + cfg.top_k * expert + 3 * cfg.dim * cfg.shared_expert_hidden,
+            "moe": cfg.dim * cfg.num_experts * (2 if cfg.router_kind == "cmoe" else 1)
+            + (cfg.k_main or cfg.top_k) * expert + 3 * cfg.dim * cfg.shared_expert_hidden,
             "peer": cfg.peer_heads * (cfg.dim * cfg.peer_key_dim + isqrt(cfg.peer_experts) * cfg.peer_key_dim
                                       + cfg.peer_topk * 2 * cfg.dim)}
     return [macs[k] for k in cfg.ffn_kinds]
