@@ -66,7 +66,7 @@ def main():
     speed = train_tokens_per_s({k: r["model"].cfg for k, r in results.items()}, args.threads)
     base = results["a"]["eval"]["ppl"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} by `scripts/peer_card.py` on {results['a']['tokens']:,} held-out "
-             f"tokens ({args.windows} windows of 256), the table above's. Every run: the same data and token budget "
+             f"tokens ({args.windows} windows of 256), the comparison table's. Every run: the same data and token budget "
              f"({results['a']['meta']['tokens_seen']:,} tokens), seed 1, the shipped recipe (sticky top-k in every MoE "
              f"layer), trained on the CPU. FFN MACs: multiply-accumulates per token of the four feed-forwards, "
              f"routing included (`model.ffn_macs`). Training tokens/s: measured here, {args.threads} threads, the "
