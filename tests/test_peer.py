@@ -16,12 +16,16 @@ from cosmoe_edge.model.train import TrainOptions, run
 from tests.conftest import tiny_config
 
 
-def brute_force_topk(q, sub_keys, k):
-    """Every product key [c_i; c'_j] written out (row i * n + j) and scored."""
+def all_keys(sub_keys):
+    """Every product key [c_i; c'_j] written out, row i * n + j."""
     n, half = sub_keys.shape[1], sub_keys.shape[2]
     keys = torch.cat([sub_keys[0].repeat_interleave(n, 0), sub_keys[1].repeat(n, 1)], dim=1)
     assert keys.shape == (n * n, 2 * half)
-    return (q @ keys.t()).topk(k, dim=-1)
+    return keys
+
+
+def brute_force_topk(q, sub_keys, k):
+    return (q @ all_keys(sub_keys).t()).topk(k, dim=-1)
 
 
 @pytest.mark.parametrize("n,key_dim,k,lead", [(4, 2, 1, (7,)), (8, 16, 8, (5, 3)), (16, 8, 4, (40,)),
@@ -39,8 +43,7 @@ def test_product_keys_find_the_exact_top_k(n, key_dim, k, lead):
 
 def naive_peer(layer: PEER, x):
     """Per token, per head: score all N keys, softmax over the k best, sum sigma(u_i . x) v_i."""
-    n = layer.sub_keys.shape[1]
-    keys = torch.cat([layer.sub_keys[0].repeat_interleave(n, 0), layer.sub_keys[1].repeat(n, 1)], dim=1)
+    keys = all_keys(layer.sub_keys)
     q = layer.query(x)
     if layer.query_norm is not None:
         bn = layer.query_norm
