@@ -21,6 +21,7 @@ from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.options import RunOptions, parse_budget
 from cosmoe_edge.runtime.policies import LFU, LRU, NoCache
 from cosmoe_edge.runtime.routing import RoutingLog, route
+from cosmoe_edge.runtime.rows import rows_report
 from cosmoe_edge.runtime.selection import Selection, SelectionCounts, report_entry
 
 
@@ -232,8 +233,8 @@ def full_report(**change) -> dict:
                   memory_budget_bytes=1, expert_bytes_total=1, resident_expert_bytes_peak=1, expert_hits=1,
                   expert_misses=1, expert_misses_decode=0, expert_evictions=0, expert_hit_rate=0.5,
                   expert_switch_rate=0.1, prefetch={"issued": 0, "useful": 0},
-                  selection=report_entry(Selection(2), SelectionCounts()), expert_load_ms=0.0, expert_loads=1,
-                  preloaded=False, process="1@2")
+                  selection=report_entry(Selection(2), SelectionCounts()), rows=rows_report(None, None),
+                  expert_load_ms=0.0, expert_loads=1, preloaded=False, process="1@2")
     return values | change
 
 

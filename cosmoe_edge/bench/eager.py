@@ -9,6 +9,7 @@ import numpy as np
 
 from cosmoe_edge.runtime.metrics import peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 from cosmoe_edge.runtime.report import latency_summary, make_report
+from cosmoe_edge.runtime.rows import rows_report
 from cosmoe_edge.runtime.selection import Selection, SelectionCounts, report_entry
 
 
@@ -52,6 +53,7 @@ def main():
         expert_misses_decode=0, expert_evictions=0, expert_hit_rate=1.0, expert_switch_rate=0.0,
         prefetch={"issued": 0, "useful": 0},
         selection=report_entry(Selection(model.cfg.k_main or model.cfg.top_k), SelectionCounts()),
+        rows=rows_report(None, None),
         expert_load_ms=0.0, expert_loads=0, preloaded=True, process=process_id())
     if a.report:
         with open(a.report, "w") as f:

@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 
 from cosmoe_edge.errors import ExportError
 from cosmoe_edge.export import build
+from cosmoe_edge.export.peer_rows import write_peer
 from cosmoe_edge.export.quantize import HEAD_FORMS, HEAD_INT4_TOLERANCE, check_group_size, choose_head, quantize_embedding
 from cosmoe_edge.export.schedule import Workdir, build_backends, checkpoint_identity
 from cosmoe_edge.export.source import Source
@@ -53,6 +54,13 @@ CALLING_CONVENTION = {
                "doc": "x (T,D) rows routed to this expert, at most expert_max_tokens per call; the layer's result "
                       "is h_out + sum over the token's k experts of weight * y"},
     "head": {"inputs": ["h"], "outputs": ["logits"], "doc": "h (T,D) -> logits (T,vocab)"},
+    "peer": "a layer whose model.ffn kind is 'peer' (the manifest's peer section) has no experts and no router: its "
+            "router_logits output is the sub-key scores (T, heads*2*n), ordered head, half, sub-key (n = peer.sub_keys). "
+            "Per token and head: the top_k sub-keys of each half (scores s1_a, s2_b, ids a, b), then the top_k of the "
+            "top_k^2 sums s1_a + s2_b, expert id a*n + b; weights softmax over those top_k sums. Expert i is record i of "
+            "peer.layers[layer] (record_bytes each: u_i then v_i, dim values each, int8 times peer/scales.safetensors "
+            "'layer_{l}.u'[i] and '.v'[i], or fp32); the layer's result is h_out + sum over heads and their top_k of "
+            "weight * act(u_i . x) * v_i, act peer.activation (gelu: the exact, erf form)",
 }
 
 
@@ -73,7 +81,9 @@ def write_shared(source, scheme: str, tmp: Path) -> dict:
         (tmp / "heldout.txt").write_text(source.meta["val_text"])
         out["heldout_text"] = file_entry(tmp, tmp / "heldout.txt",
                                          doc="held-out text (the model's validation sample) for edge-eval")
-    L = range(source.cfg.n_layers)
+    if "peer" in source.cfg.ffn_kinds:
+        out["peer"] = write_peer(source, scheme, tmp)
+    L = [i for i, kind in enumerate(source.cfg.ffn_kinds) if kind == "moe"]
     if source.cfg.k_main:  # compressed experts: tiny, always resident, read by the runtime itself
         vectors = {f"layer_{i}": source.tensor(f"layers.{i}.ffn.compressed").float().numpy() for i in L}
         save_file(vectors, str(tmp / "compressed.safetensors"))
@@ -98,9 +108,11 @@ def export_artifact(ckpt_path: Path, out: Path, scheme: str, group_size: int, ba
     t0 = time.perf_counter()
     source = Source(ckpt_path)
     cfg = source.cfg
-    if cfg.ffn != "moe":
-        what = "the dense baseline" if cfg.ffn == "dense" else f"ffn {cfg.ffn!r} (PEER layers do not export yet)"
-        raise ExportError(f"edge-export needs an MoE model (ffn 'moe' in every layer); this checkpoint is {what}",
+    if "dense" in cfg.ffn_kinds:
+        raise ExportError(f"edge-export needs MoE or PEER layers (ffn 'moe' or 'peer'); this checkpoint's ffn is "
+                          f"{cfg.ffn!r} (a dense layer has nothing to load lazily)", "not_moe")
+    if "peer" in cfg.ffn_kinds and (cfg.k_main or cfg.router_kind == "cmoe"):
+        raise ExportError("edge-export does not take PEER layers beside compressed experts or a CMoE router",
                           "not_moe")
     check_group_size(cfg.to_dict(), scheme, group_size, backends)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,10 +247,10 @@ def built_stats(records: list[dict]) -> dict:
 def backend_entry(backend: str, records: list[dict], cfg) -> dict:
     """The manifest's section of one backend, from the records of its parts (build.build_parts)."""
     method = build.METHOD[backend]
-    by_kind = {k: sorted((r for r in records if r["kind"] == k), key=lambda r: r["index"])
-               for k in ("layer", "head", "expert")}
+    by_kind = {k: sorted((r for r in records if r["kind"] in k.split("|")), key=lambda r: r["index"])
+               for k in ("layer|peer", "head", "expert")}
     entry = lambda r: {k: r[k] for k in ("path", "bytes", "sha256")}  # noqa: E731
-    backbone = by_kind["layer"] + by_kind["head"]
+    backbone = by_kind["layer|peer"] + by_kind["head"]
     names = [build.part_name(r["kind"], tuple(r["index"])) for r in backbone]
     experts = []
     for r in by_kind["expert"]:
@@ -260,7 +272,7 @@ def backend_entry(backend: str, records: list[dict], cfg) -> dict:
             "xnnpack_ops": sum(r["delegated_ops"] for r in [*reports.values(), *per_expert]),
             "portable_ops": portable,
             "backbone_delegate_calls": {n: r["delegate_calls"][method] for n, r in reports.items()},
-            "expert_delegate_calls": max(r["delegate_calls"][method] for r in per_expert),
+            "expert_delegate_calls": max((r["delegate_calls"][method] for r in per_expert), default=0),
             "backbone_planned_bytes": {n: r["planned_bytes"][method] for n, r in reports.items()}}
     else:
         section["expert_form"] = "program"  # int8 replaces it with the weights form (write_expert_graphs)

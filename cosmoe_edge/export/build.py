@@ -57,7 +57,7 @@ def token_dim(max_tokens: int):
 def part_name(kind: str, index: tuple) -> str:
     if kind == "expert":
         return f"l{index[0]:02d}_e{index[1]:02d}"
-    return f"layer_{index[0]}" if kind == "layer" else "head"
+    return f"layer_{index[0]}" if kind in ("layer", "peer") else "head"
 
 
 def part_path(backend: str, scheme: str, kind: str, index: tuple) -> str:
@@ -79,7 +79,7 @@ class Part:
         self.backend, self.kind, self.index = backend, kind, index
         self.name = part_name(kind, index)
         self.scheme = scheme  # the head's own (quantize.choose_head) when kind is "head"
-        if kind == "layer":
+        if kind in ("layer", "peer"):  # "peer": a PEER layer's program (programs.PeerLayerProgram)
             module = source.layer_program(index[0])
             skip = module.unquantised
             self.example, self.shapes = layer_example(cfg), layer_dynamic_shapes(cfg)

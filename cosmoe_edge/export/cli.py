@@ -138,7 +138,7 @@ def print_summary(m: dict, out: Path):
     for b, s in m["backends"].items():
         backbone = sum(f["bytes"] for f in s["backbone"]["files"]) + m["embedding"]["bytes"]
         experts = sum(e["bytes"] for e in s["experts"])
-        one = max(e["bytes"] for e in s["experts"])
+        one = max((e["bytes"] for e in s["experts"]), default=0)
         t.add_row(b, str(len(s["backbone"]["files"]) + len(s["experts"])), human(backbone + experts + shared),
                   human(backbone), human(experts), human(one))
         v = m.get("verification", {}).get(b)
@@ -176,6 +176,11 @@ def print_summary(m: dict, out: Path):
             print(f"onnx: MatMulNBits {bb}/{want} linear layers in the backbone, {experts}; routers stay fp32")
     emb = m["embedding"]["bytes"]
     print(f"embedding table ({m['quant']['embedding']}): {human(emb)}")
+    if p := m.get("peer"):
+        rows = sum(e["bytes"] for e in p["layers"].values())
+        print(f"PEER rows ({p['dtype']}, u and v of an expert bundled, read in {p['page_bytes']}-byte pages): "
+              f"{human(rows)} in {len(p['layers'])} file(s), layers {', '.join(sorted(p['layers']))}; "
+              f"{p['heads']} heads x top-{p['top_k']} rows per token and layer")
     c = q.get("head_choice")
     head = f"LM head: {q['head']}"
     if c:

@@ -2,7 +2,7 @@
 whole (one delegate call, no portable kernels on the per-token path):
 
 - LayerProgram: one layer up to its router (norm, attention over the runtime's KV cache, norm,
-  shared expert, router logits).
+  shared expert, router logits); PeerLayerProgram: the same up to a PEER layer's sub-key scores.
 - the routed expert: the model's own SwiGLU module, factors kept apart for `wd` experts.
 - HeadProgram: final norm and LM head.
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from cosmoe_edge.model.model import MoE, RMSNorm, shared_output
+from cosmoe_edge.model.peer import PEER
 
 
 def rms_norm(x, norm: RMSNorm):
@@ -54,15 +55,19 @@ class LayerProgram(nn.Module):
 
     def __init__(self, block):
         super().__init__()
+        self.init_attention(block)
+        moe: MoE = block.ffn
+        self.router, self.shared, self.shared_gate = moe.router, moe.shared, moe.shared_gate
+
+    def init_attention(self, block):
         a = block.attn
         self.attn_norm, self.ffn_norm = block.attn_norm, block.ffn_norm
         self.wq, self.wk, self.wv, self.wo = a.wq, a.wk, a.wv, a.wo
         self.rot = rotate_half(a.head_dim)  # stays fp32: not quantised (see `unquantised`)
         self.heads, self.kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
-        moe: MoE = block.ffn
-        self.router, self.shared, self.shared_gate = moe.router, moe.shared, moe.shared_gate
 
-    def forward(self, h, cos, sin, k_past, v_past, mask):
+    def attention(self, h, cos, sin, k_past, v_past, mask):
+        """h after attention, and the new k, v."""
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         rep = H // KV
         x = rms_norm(h, self.attn_norm)
@@ -76,7 +81,10 @@ class LayerProgram(nn.Module):
         values = torch.cat([v_past, v], dim=0).permute(1, 0, 2)
         p = torch.softmax(torch.bmm(q, keys.transpose(1, 2)) * (1.0 / math.sqrt(hd)) + mask, dim=-1)
         y = torch.bmm(p, values).view(KV, rep, -1, hd).permute(2, 0, 1, 3).contiguous().view(-1, H * hd)
-        h = h + self.wo(y)
+        return h + self.wo(y), k, v
+
+    def forward(self, h, cos, sin, k_past, v_past, mask):
+        h, k, v = self.attention(h, cos, sin, k_past, v_past, mask)
         x = rms_norm(h, self.ffn_norm)
         if self.shared is not None:
             h = h + shared_output(self.shared, self.shared_gate, x)
@@ -88,6 +96,51 @@ class LayerProgram(nn.Module):
         sensitive; one row each) and rotate-half (exact)."""
         routers = tuple(m for m in self.router.modules() if isinstance(m, nn.Linear))  # a CMoE router has two
         return routers + (self.rot,) + ((self.shared_gate,) if self.shared_gate is not None else ())
+
+
+def folded_query(peer: PEER) -> nn.Linear:
+    """The query Linear with its BatchNorm (eval: running statistics) folded in: W' = s W, b = beta - s mean,
+    s = gamma / sqrt(var + eps)."""
+    w = peer.query.weight.detach()
+    out = nn.Linear(w.shape[1], w.shape[0], bias=True)
+    bn = peer.query_norm
+    if bn is None:
+        scale, bias = torch.ones(w.shape[0]), torch.zeros(w.shape[0])
+    else:
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        bias = bn.bias.detach() - bn.running_mean * scale
+    out.weight = nn.Parameter(w * scale[:, None], requires_grad=False)
+    out.bias = nn.Parameter(bias.clone(), requires_grad=False)
+    return out
+
+
+class PeerLayerProgram(LayerProgram):
+    """A layer whose FFN is PEER: attention as LayerProgram, then in place of router logits the sub-key scores
+    (T, heads * 2 * n), ordered (head, half, sub-key): the BN-folded query's halves against the two sets of n
+    sub-keys. The runtime does the rest (runtime/rows.py): top-k per half, top-k of the k^2 sums, softmax,
+    and the retrieved rows of the pool, read from flash."""
+
+    def __init__(self, block):
+        nn.Module.__init__(self)
+        self.init_attention(block)
+        peer: PEER = block.ffn
+        self.query = folded_query(peer)
+        self.peer_heads, self.key_dim = peer.heads, peer.key_dim
+        self.register_buffer("sub_keys_t", peer.sub_keys.detach().transpose(1, 2).contiguous())  # (2, dk/2, n)
+
+    def forward(self, h, cos, sin, k_past, v_past, mask):
+        h, k, v = self.attention(h, cos, sin, k_past, v_past, mask)
+        x = rms_norm(h, self.ffn_norm)
+        half = self.key_dim // 2
+        q = self.query(x).view(-1, 2, half).permute(1, 0, 2)  # (2, T * heads, dk/2): one batch per half
+        scores = torch.bmm(q, self.sub_keys_t)  # (2, T * heads, n)
+        n = self.sub_keys_t.shape[2]
+        return h, x, scores.permute(1, 0, 2).contiguous().view(-1, self.peer_heads * 2 * n), k, v
+
+    @property
+    def unquantised(self) -> tuple[nn.Module, ...]:
+        """The query stays fp32, as a router does: it decides which rows are read."""
+        return (self.query, self.rot)
 
 
 class HeadProgram(nn.Module):

@@ -129,13 +129,18 @@ def choose_jobs(requested: int | None, cfg) -> tuple[int, str | None]:
 
 
 def plan(cfg, backends: list[str]) -> list[tuple[str, str, list[tuple]]]:
-    """(backend, kind, indices) per shape: the head, the layer programs, the experts."""
+    """(backend, kind, indices) per shape: the head, the layer programs (those of PEER layers a shape of
+    their own, kind "peer"), the MoE layers' experts."""
+    kinds = cfg.ffn_kinds
+    moe = [i for i, kind in enumerate(kinds) if kind == "moe"]
     groups = []
     for b in backends:
         groups.append((b, "head", [()]))
-        groups.append((b, "layer", [(i,) for i in range(cfg.n_layers)]))
-        groups.append((b, "expert", [(layer, e) for layer in range(cfg.n_layers) for e in range(cfg.num_experts)]))
-    return groups
+        groups.append((b, "layer", [(i,) for i in moe]))
+        if "peer" in kinds:
+            groups.append((b, "peer", [(i,) for i, kind in enumerate(kinds) if kind == "peer"]))
+        groups.append((b, "expert", [(layer, e) for layer in moe for e in range(cfg.num_experts)]))
+    return [g for g in groups if g[2]]
 
 
 def build_backends(ckpt_path: str, cfg, backends, scheme, head_scheme, group_size, jobs, work: Workdir, progress):

@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from cosmoe_edge.errors import CheckpointError
-from cosmoe_edge.export.programs import HeadProgram, LayerProgram
+from cosmoe_edge.export.programs import HeadProgram, LayerProgram, PeerLayerProgram
 from cosmoe_edge.model.checkpoint import load_checkpoint
 from cosmoe_edge.model.config import ModelConfig
 from cosmoe_edge.model.model import Block, SwiGLU
 from cosmoe_edge.model.tokenizer import load_tokenizer
+
+POOLS = ("ffn.experts.", "ffn.w_in.", "ffn.w_out.")  # what a layer program leaves to the runtime
 
 
 class Source:
@@ -52,13 +54,13 @@ class Source:
         return module.requires_grad_(False).eval()
 
     def block(self, layer: int, experts: bool = False) -> Block:
-        """Block `layer`; without `experts` its routed experts stay on the meta device (the layer
-        program does not read them)."""
+        """Block `layer`; without `experts` its routed experts (or PEER pool) stay on the meta device (the
+        layer program does not read them)."""
         with torch.device("meta"):
             block = Block(self.cfg, self.cfg.ffn_kinds[layer])
         prefix = f"layers.{layer}."
         names = [k[len(prefix):] for k in self._state if k.startswith(prefix)]
-        wanted = {k: self.tensor(prefix + k) for k in names if experts or not k.startswith("ffn.experts.")}
+        wanted = {k: self.tensor(prefix + k) for k in names if experts or not k.startswith(POOLS)}
         if experts:
             load(block, wanted)
         else:
@@ -66,7 +68,12 @@ class Source:
         return block.requires_grad_(False).eval()
 
     def layer_program(self, layer: int) -> LayerProgram:
-        return LayerProgram(self.block(layer))
+        program = PeerLayerProgram if self.cfg.ffn_kinds[layer] == "peer" else LayerProgram
+        return program(self.block(layer))
+
+    def peer_tables(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The PEER pool of `layer`: u (N, D) and v (N, D), fp32."""
+        return self.tensor(f"layers.{layer}.ffn.w_in.weight"), self.tensor(f"layers.{layer}.ffn.w_out.weight")
 
     def head_program(self) -> HeadProgram:
         cfg = self.cfg

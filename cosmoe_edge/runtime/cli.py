@@ -28,8 +28,8 @@ def main(
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate (stops early at end-of-text).")] = 128,
     backend: Annotated[str, typer.Option(help="executorch or onnx.")] = "executorch",
-    memory_budget: Annotated[str, typer.Option(help="Bytes of resident experts: all, 64MB, 1.5GiB, or 25% of all "
-                                                    "experts' bytes.")] = "all",
+    memory_budget: Annotated[str, typer.Option(help="Bytes of resident experts (and PEER rows): all, 64MB, 1.5GiB, "
+                                                    "or 25% of all their bytes.")] = "all",
     cache_policy: Annotated[str, typer.Option(help="Which resident expert to evict: nextuse (the one whose next "
                                                    "use is expected farthest away in the layer cycle), lru, lfu, "
                                                    "or none (keep nothing: every use loads, the naive floor).")]
@@ -109,7 +109,7 @@ def print_metrics(r: dict):
 
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
     t = Table(title=f"edge-run: {r['backend']}, {r['quant']}, budget {mb(r['memory_budget_bytes'])} "
-                    f"of {mb(r['expert_bytes_total'])} experts")
+                    f"of {mb(r['expert_bytes_total'])} experts" + (" and PEER rows" if r["rows"]["total_bytes"] else ""))
     t.add_column("metric")
     t.add_column("value", justify="right")
     lat = r["token_latency_ms"]
@@ -138,6 +138,13 @@ def print_metrics(r: dict):
                      f"{s['misses_compressed']}) / {s['misses_skipped']}"))
     if s["cache_bias"]:
         rows.append((f"top-k changed by cache bias {s['cache_bias']:g}", str(s["bias_changed"])))
+    if (p := r["rows"])["total_bytes"]:
+        decode = max(1, r["generated_tokens"] - 1)
+        rows += [(f"PEER rows: budget {mb(p['budget_bytes'])} of {mb(p['total_bytes'])}",
+                  f"peak {mb(p['resident_bytes_peak'])}"),
+                 ("PEER rows used / page hits / page misses", f"{p['rows_used']} / {p['page_hits']} / {p['page_misses']}"),
+                 ("PEER bytes read (all / per decode token)", f"{mb(p['bytes_read'])} / "
+                                                               f"{p['bytes_read_decode'] / decode / 1e3:.1f} KB")]
     for row in rows:
         t.add_row(*row)
     Console(stderr=True).print(t)

@@ -1,5 +1,6 @@
 """The decode loop over an artifact: embedding rows from a safetensors file, per layer the backbone
-program, the router's top-k, the experts (loaded on a miss), then the head.
+program, the router's top-k, the experts (loaded on a miss), then the head. A PEER layer (rows.py) has
+no experts: its program's sub-key scores pick rows of its pool, read page by page under the same budget.
 
 Data flow per layer l, for the T tokens of this step (see export/programs.py for the programs):
   h, x, logits, k, v = layer_l(h, cos, sin, k_past_l, v_past_l, mask)   (k_past: the filled cache rows)
@@ -19,6 +20,7 @@ from cosmoe_edge.runtime.kv import KVCache, attention_mask, rope_rows
 from cosmoe_edge.runtime.manifest import backend_section, check_file, load_manifest
 from cosmoe_edge.runtime.policies import DEFAULT
 from cosmoe_edge.runtime.routing import RoutingLog, route, route_cmoe
+from cosmoe_edge.runtime.rows import PeerLayers
 from cosmoe_edge.runtime.selection import SelectionCounts, Sticky, resolve, select
 from cosmoe_edge.runtime.store import ExpertStore
 
@@ -73,14 +75,24 @@ class Engine:
             self.parts[name] = (programs[p["path"]], p["method"])
 
         self.store = ExpertStore(self.artifact, backend, section, verify, threads)
-        self.expert_bytes_total = self.store.total_cost()
+        self.peer = PeerLayers(self.artifact, m["peer"], cfg["dim"], verify) if "peer" in m else None
+        experts_total = self.store.total_cost()
+        rows_total = self.peer.total_bytes if self.peer else 0
+        self.expert_bytes_total = experts_total + rows_total  # all that loads lazily: experts and PEER rows
         k_run = self.selection.experts_per_token
-        self.min_budget = k_run * self.store.max_load_cost()
-        budget = self.expert_bytes_total if budget_bytes is None else budget_bytes
-        if budget < self.min_budget:
-            raise RequestError(f"memory budget {budget:,} bytes is below the minimum of {self.min_budget:,} bytes "
-                               f"(the {k_run} largest experts a layer may need at once)", "budget_too_small")
-        self.cache = ExpertCache(self.store, budget, policy, (self.n_layers, cfg["num_experts"]), on_cache_event)
+        experts_min = k_run * self.store.max_load_cost() if self.store.entries else 0
+        rows_min = self.peer.min_budget() if self.peer else 0
+        self.min_budget = experts_min + rows_min
+        self.budget = self.expert_bytes_total if budget_bytes is None else budget_bytes
+        if self.budget < self.min_budget:
+            raise RequestError(f"memory budget {self.budget:,} bytes is below the minimum of {self.min_budget:,} "
+                               f"bytes (the {k_run} largest experts a layer may need at once"
+                               + (", and the pages of one token's PEER rows)" if self.peer else ")"), "budget_too_small")
+        rows_budget = split_budget(self.budget, rows_total, self.expert_bytes_total, rows_min, experts_min)
+        self.cache = ExpertCache(self.store, self.budget - rows_budget, policy, (self.n_layers, cfg["num_experts"]),
+                                 on_cache_event)
+        if self.peer:
+            self.peer.open(rows_budget)
         self.prefetcher = ThreadPoolExecutor(1) if prefetch else None
         self.prefetch_issued = 0
         self.prefetch_pending = None
@@ -138,6 +150,9 @@ class Engine:
             k_past, v_past = self.kv.past(layer, p0)
             h, x, logits, k, v = self._run(f"layer_{layer}", [h, cos, sin, k_past, v_past, mask])
             self.kv.write(layer, p0, k, v)
+            if self.peer and layer in self.peer.layers:  # logits: the PEER layer's sub-key scores
+                h = h + self.peer.forward(layer, x, logits)
+                continue
             theta = None
             if self.cmoe:
                 experts, weights = route_cmoe(logits, self.top_k, self.bias[layer], self.scale[layer])
@@ -199,7 +214,7 @@ class Engine:
         if self.prefetch_pending is not None:
             self.prefetch_pending.result()  # also raises a failed load here, not silently
             self.prefetch_pending = None
-        if layer + 1 >= self.n_layers:
+        if layer + 1 >= self.n_layers or f"layer_{layer + 1}" not in self.routers:  # the last, or a PEER layer
             return
         w = self.routers[f"layer_{layer + 1}"]
         guess = np.unique(route(x @ w.T, self.selection.experts_per_token)[0])
@@ -222,6 +237,17 @@ class Engine:
             self.prefetcher.shutdown()
         self.cache.release_all()
         self.store.close()
+        if self.peer:
+            self.peer.close()
         for program, _ in self.parts.values():
             program.release()
 
+
+
+def split_budget(budget: int, rows_total: int, total: int, rows_min: int, experts_min: int) -> int:
+    """The PEER rows' part of `budget`: their share of all lazily loaded bytes, moved as far as needed for
+    each side to get its minimum (the budget holds both minimums: checked before)."""
+    if not rows_total:
+        return 0
+    share = budget * rows_total // total
+    return min(max(share, rows_min), budget - experts_min)

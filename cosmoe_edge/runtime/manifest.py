@@ -89,6 +89,12 @@ def expert_cost(entry: dict) -> int:
     return entry.get("resident_bytes", entry["bytes"])
 
 
+def lazy_bytes(manifest: dict, section: dict) -> int:
+    """All that a backend's run loads lazily: its experts at full cost and the PEER layers' row files."""
+    rows = sum(e["bytes"] for e in manifest.get("peer", {}).get("layers", {}).values())
+    return sum(expert_cost(e) for e in section["experts"]) + rows
+
+
 def expert_load_cost(entry: dict) -> int:
     """Bytes it is charged once loaded: less than at full speed for an ONNX expert in the weights form
     (mapped weights, before the runtime gives it a prepacked session: loaded_bytes), else the same."""
@@ -99,6 +105,8 @@ def artifact_files(artifact: Path, manifest: dict) -> list[Path]:
     """Every file the manifest names that exists (what --cold drops from the page cache)."""
     files = [artifact / manifest[k]["path"] for k in ("tokenizer", "embedding", "routers", "compressed_experts")
              if k in manifest]
+    peer = manifest.get("peer", {})
+    files += [artifact / e["path"] for e in [*peer.get("layers", {}).values(), *filter(None, [peer.get("scales")])]]
     for section in manifest["backends"].values():
         files += [artifact / f["path"] for f in section["backbone"]["files"]]
         files += [artifact / e["path"] for e in section["experts"]]

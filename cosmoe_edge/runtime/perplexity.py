@@ -68,7 +68,7 @@ def evaluate(artifact, o: RunOptions, text: str | None, window: int = 256, max_t
     return {"artifact": str(artifact), "backend": o.backend, "quant": manifest["quant"]["scheme"],
             "perplexity": float(np.exp(nll / scored)), "tokens_scored": scored, "window": window,
             "tokens_per_s": scored / seconds, "seconds": round(seconds, 2), "load_ms": load_ms,
-            "memory_budget_bytes": c.budget, "expert_bytes_total": engine.expert_bytes_total,
+            "memory_budget_bytes": engine.budget, "expert_bytes_total": engine.expert_bytes_total,
             "cache_policy": o.cache_policy, "expert_hits": c.hits, "expert_misses": c.misses,
             "misses_per_token": c.misses / scored, "expert_hit_rate": c.hits / max(1, c.hits + c.misses),
             "expert_switch_rate": engine.routing.switch_rate, "selection": report_entry(engine.selection, engine.counts),

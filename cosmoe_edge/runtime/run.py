@@ -9,10 +9,11 @@ from cosmoe_edge.errors import ArtifactError, RequestError
 from cosmoe_edge.runtime.backends import import_runtime
 from cosmoe_edge.runtime.engine import Engine
 from cosmoe_edge.runtime.generate import Sampler, generate
-from cosmoe_edge.runtime.manifest import artifact_files, backend_section, check_file, expert_cost, load_manifest
+from cosmoe_edge.runtime.manifest import artifact_files, backend_section, check_file, lazy_bytes, load_manifest
 from cosmoe_edge.runtime.metrics import drop_page_cache, peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
 from cosmoe_edge.runtime.options import RunOptions, parse_budget
 from cosmoe_edge.runtime.report import latency_summary, make_report
+from cosmoe_edge.runtime.rows import rows_report
 from cosmoe_edge.runtime.selection import report_entry
 from cosmoe_edge.runtime.text import TextStream
 
@@ -24,7 +25,7 @@ def open_engine(artifact: Path, manifest: dict, o: RunOptions, on_cache_event=No
     import_runtime(o.backend, o.threads)
     import_ms = (time.perf_counter_ns() - t) / 1e6
     t = time.perf_counter_ns()
-    budget = parse_budget(o.memory_budget, sum(expert_cost(e) for e in section["experts"]))
+    budget = parse_budget(o.memory_budget, lazy_bytes(manifest, section))
     engine = Engine(artifact, o.backend, budget_bytes=budget, policy=o.cache_policy, verify=o.verify,
                     prefetch=o.prefetch, threads=o.threads, on_cache_event=on_cache_event,
                     experts_per_token=o.experts_per_token, on_miss=o.on_miss, skip_below=o.skip_below,
@@ -66,10 +67,12 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
         stream.write(o.prompt)
     text = TextStream(tokenizer, stream)
     misses_at_first = []  # the cache's misses once the prompt is in: what follows is decode's share
+    rows_read_at_first = []  # the same for the PEER rows' bytes read
 
     def on_token(token):
         if not misses_at_first:
             misses_at_first.append(engine.cache.misses)
+            rows_read_at_first.append(engine.peer.cache.bytes_read if engine.peer else 0)
         text(token)
 
     try:
@@ -92,8 +95,8 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
         load_ms=load_ms, runtime_import_ms=import_ms,
         peak_rss_bytes=peak_rss_bytes(), rss_after_load_bytes=rss_after_load,
         storage_read_bytes=storage_read_bytes() - read0,
-        memory_budget_bytes=c.budget, expert_bytes_total=engine.expert_bytes_total,
-        resident_expert_bytes_peak=c.peak_bytes,
+        memory_budget_bytes=engine.budget, expert_bytes_total=engine.expert_bytes_total,
+        resident_expert_bytes_peak=c.peak_bytes + (engine.peer.cache.peak_bytes if engine.peer else 0),
         expert_hits=c.hits, expert_misses=c.misses,
         expert_misses_decode=c.misses - (misses_at_first[0] if misses_at_first else c.misses),
         expert_evictions=c.evictions,
@@ -101,6 +104,7 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
         expert_switch_rate=engine.routing.switch_rate,
         prefetch={"issued": engine.prefetch_issued, "useful": c.prefetch_useful},
         selection=report_entry(engine.selection, engine.counts),
+        rows=rows_report(engine.peer, rows_read_at_first[0] if rows_read_at_first else None),
         expert_load_ms=engine.store.load_ns / 1e6, expert_loads=engine.store.loads,
         preloaded=o.preload, process=process_id(),
     )

@@ -67,6 +67,10 @@ public final class Manifest {
                 throw new ArtifactException(path + " lacks '" + key + "'", "missing_key");
             }
         }
+        if (m.has("peer")) {  // PEER layers (cosmoe_edge/runtime/rows.py) are not ported to this runtime yet
+            throw new ArtifactException(artifact + " has PEER layers, which this runtime does not run yet (edge-run does)",
+                    "unsupported_peer");
+        }
         return new Manifest(artifact, m);
     }
 

@@ -13,7 +13,7 @@ import java.util.Map;
  */
 public final class Report {
     /** report.schema.json's report_version. */
-    public static final int VERSION = 3;
+    public static final int VERSION = 4;
 
     public String backend;
     public String quant;
@@ -138,6 +138,13 @@ public final class Report {
         selection.put("misses_skipped", missesSkipped);
         selection.put("bias_changed", biasChanged);
         m.put("selection", selection);
+        // PEER rows (cosmoe_edge/runtime/rows.py): this runtime has no PEER layers, so the figures are zeros
+        Map<String, Object> rows = new LinkedHashMap<>();
+        for (String k : new String[] {"budget_bytes", "total_bytes", "resident_bytes_peak", "rows_used", "page_hits",
+                "page_misses", "bytes_read", "bytes_read_decode"}) {
+            rows.put(k, 0L);
+        }
+        m.put("rows", rows);
         m.put("expert_load_ms", expertLoadMs);
         m.put("expert_loads", expertLoads);
         m.put("preloaded", preloaded);

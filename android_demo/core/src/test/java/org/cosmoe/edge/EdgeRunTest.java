@@ -120,7 +120,7 @@ public class EdgeRunTest {
         assertEquals(Arrays.asList("expert_hits should be integer, is 1.5"), ReportSchema.problems(wrongType));
         JsonObject version = ok.deepCopy();
         version.addProperty("report_version", 1);
-        assertEquals(Arrays.asList("report_version should be 3, is 1"), ReportSchema.problems(version));
+        assertEquals(Arrays.asList("report_version should be 4, is 1"), ReportSchema.problems(version));
         JsonObject reordered = new JsonObject();
         reordered.add("quant", ok.get("quant"));
         for (String k : ok.keySet()) {

@@ -72,6 +72,19 @@ public class EngineFactoryTest {
     }
 
     @Test
+    public void peerLayersAreRefusedInOneLine() throws IOException {
+        File root = a.write(tmp.newFolder());
+        File path = new File(root, Manifest.MANIFEST);
+        com.google.gson.JsonObject m = com.google.gson.JsonParser.parseString(
+                new String(java.nio.file.Files.readAllBytes(path.toPath()), java.nio.charset.StandardCharsets.UTF_8))
+                .getAsJsonObject();
+        m.add("peer", new com.google.gson.JsonObject());
+        java.nio.file.Files.write(path.toPath(), m.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
+        expectKind("unsupported_peer", root, new EngineOptions(),
+                root + " has PEER layers, which this runtime does not run yet (edge-run does)");
+    }
+
+    @Test
     public void budgetBelowTheLargestTopKIsRefused() throws IOException {
         File root = a.write(tmp.newFolder());
         EngineOptions o = new EngineOptions();
