@@ -1,6 +1,7 @@
 """PEER layers exported and run (issue 15, steps 3-4): the layer program's sub-key scores, the pool as row files,
 retrieval in the runtime, and the row cache under the memory budget."""
 
+import hashlib
 import json
 import os
 
@@ -10,7 +11,7 @@ import torch
 from conftest import tiny_config
 from safetensors.numpy import load_file
 
-from cosmoe_edge.errors import ExportError, RequestError
+from cosmoe_edge.errors import ArtifactError, ExportError, RequestError
 from cosmoe_edge.export.peer_rows import quantize_rows
 from cosmoe_edge.model.checkpoint import load_model
 from cosmoe_edge.model.peer import product_key_topk
@@ -79,23 +80,47 @@ def test_runtime_retrieval_equals_the_model(n, k, heads):
     assert got.keys() == want.keys() and all(got[key] == pytest.approx(want[key], rel=1e-5) for key in got)
 
 
-def test_row_cache_reads_pages_within_its_budget_least_recently_used_first(tmp_path):
-    rows = np.arange(64 * 8, dtype=np.uint8).reshape(64, 8) % 251  # 64 records of 8 bytes, 4 per 32-byte page
+def row_file(tmp_path, n=64, rb=8, page=32):
+    rows = (np.arange(n * rb).reshape(n, rb) % 251).astype(np.uint8)
     path = tmp_path / "rows"
     path.write_bytes(rows.tobytes())
-    cache = RowCache({0: (path, 8)}, page_bytes=32, budget=3 * 32)
-    got = cache.records(0, np.array([5, 4, 9]))  # pages 1 and 2: one read each (not consecutive: 1, 2 are)
-    assert (got == rows[[5, 4, 9]]).all()
-    assert (cache.misses, cache.hits, cache.bytes_read, cache.rows_used) == (2, 0, 64, 3)
-    cache.records(0, np.array([0]))  # page 0: the cache is full (3 pages)
-    cache.records(0, np.array([6]))  # page 1 is resident: a hit, and now the most recent
-    assert (cache.misses, cache.hits) == (3, 1)
-    got = cache.records(0, np.array([63, 62]))  # page 15: evicts page 2, the least recently used
-    assert (got == rows[[63, 62]]).all() and sorted(p for _, p in cache.pages) == [0, 1, 15]
-    assert cache.bytes == cache.peak_bytes == 96 <= cache.budget
-    with pytest.raises(RequestError, match="cannot hold the 4 pages one token needs"):
-        cache.records(0, np.array([0, 4, 8, 12]))
+    hashes = np.frombuffer(b"".join(hashlib.sha256(rows.tobytes()[p:p + page]).digest()
+                                    for p in range(0, n * rb, page)), np.uint8).reshape(-1, 32)
+    return rows, path, hashes
+
+
+def test_row_cache_keeps_rows_within_its_budget_least_recently_used_first(tmp_path):
+    rows, path, hashes = row_file(tmp_path)  # 64 records of 8 bytes, 4 per 32-byte page
+    cache = RowCache({0: (path, 8)}, page_bytes=32, budget=6 * 8, hashes={0: hashes})
+    got = cache.records(0, np.array([5, 9, 5]))  # pages 1 and 2 (one pread); neighbours fill the free slots
+    assert (got == rows[[5, 9, 5]]).all()
+    assert (cache.misses, cache.hits, cache.pages_read, cache.bytes_read, cache.rows_used) == (2, 0, 2, 64, 3)
+    assert cache.resident(0) == [4, 5, 6, 7, 8, 9]
+    assert (cache.records(0, np.array([4])) == rows[[4]]).all()  # a neighbour that came along: a hit
+    assert (cache.misses, cache.hits, cache.pages_read) == (2, 1, 2)
+    got = cache.records(0, np.array([62, 63]))  # page 15: two never-used neighbours go first; no room for others
+    resident = cache.resident(0)
+    assert (got == rows[[62, 63]]).all() and len(resident) == 6 and {4, 5, 9, 62, 63} <= set(resident)
+    assert cache.records(0, np.array([5, 9]))[0].tolist() == rows[5].tolist() and cache.hits == 3
+    cache.records(0, np.array([20, 21, 22]))  # evicts the neighbour, then 4 (used at tick 2), then one of 62, 63
+    resident = cache.resident(0)
+    assert {5, 9, 20, 21, 22} <= set(resident) and len(set(resident) & {62, 63}) == 1 and 4 not in resident
+    assert cache.bytes == cache.peak_bytes == 48 <= cache.budget
+    with pytest.raises(RequestError, match="cannot hold the 7 rows one token needs"):
+        cache.records(0, np.arange(7))
     assert runs([1, 2, 3, 7, 9, 10]) == [(1, 3), (7, 1), (9, 2)]
+    cache.close()
+
+
+def test_row_cache_checks_each_page_it_reads(tmp_path):
+    rows, path, hashes = row_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[8 * 41] ^= 1  # a flipped bit in record 41: page 10
+    path.write_bytes(bytes(data))
+    cache = RowCache({0: (path, 8)}, page_bytes=32, budget=64 * 8, hashes={0: hashes})
+    assert (cache.records(0, np.array([0, 63])) == rows[[0, 63]]).all()  # other pages read and checked
+    with pytest.raises(ArtifactError, match="page 10 of rows does not match its sha256"):
+        cache.records(0, np.array([40]))
     cache.close()
 
 
@@ -117,6 +142,9 @@ def test_fp32_peer_artifact_matches_eager(peer_fp32, peer_model):
     entry = p["layers"]["1"]
     path = peer_fp32 / entry["path"]
     assert entry["bytes"] == path.stat().st_size == 1024 * 2 * 64 * 4 and entry["sha256"] == sha256_file(path)
+    pages = np.fromfile(peer_fp32 / entry["page_sha256"]["path"], np.uint8).reshape(-1, 32)
+    data = path.read_bytes()
+    assert len(pages) == 1024 // 8 and pages[5].tobytes() == hashlib.sha256(data[5 * 4096:6 * 4096]).digest()
     records = np.fromfile(path, dtype=np.float32).reshape(1024, 2 * 64)  # record i: u_i then v_i
     assert (records[:, :64] == model.layers[1].ffn.w_in.weight.detach().numpy()).all()
     assert (records[:, 64:] == model.layers[1].ffn.w_out.weight.detach().numpy()).all()
@@ -151,10 +179,11 @@ def test_greedy_tokens_identical_at_every_budget_with_rows_within_theirs(peer_fp
         rows = r["rows"]
         assert rows["resident_bytes_peak"] <= rows["budget_bytes"] <= r["memory_budget_bytes"]
         assert rows["rows_used"] == (r["prompt_tokens"] + r["generated_tokens"] - 1) * 2 * 4  # heads x top-k
-        assert rows["bytes_read"] == rows["page_misses"] * 4096 and rows["total_bytes"] == 1024 * 512
+        assert rows["row_hits"] + rows["row_misses"] <= rows["rows_used"] and rows["total_bytes"] == 1024 * 512
+        assert rows["bytes_read"] == rows["pages_read"] * 4096 and rows["pages_read"] <= rows["row_misses"]
     # all rows fit: no page is read twice; at the least budget pages are evicted and read again
     assert full["rows"]["bytes_read"] <= full["rows"]["total_bytes"]
-    assert small["rows"]["page_misses"] > full["rows"]["page_misses"]
+    assert small["rows"]["row_misses"] > full["rows"]["row_misses"]
     assert small["rows"]["budget_bytes"] < full["rows"]["total_bytes"]
     assert small["resident_expert_bytes_peak"] <= small["memory_budget_bytes"]
 
@@ -167,7 +196,7 @@ def test_a_budget_below_a_token_s_rows_is_one_line(peer_fp32):
 def test_prefetch_skips_a_peer_layer_and_cold_drops_its_rows(peer_fp32):
     r = run(peer_fp32, RunOptions(prompt=PROMPT, max_new_tokens=4, backend="onnx", prefetch=True, cold=True))
     assert r["prefetch"]["issued"] == 0  # layer 0's next layer is PEER: nothing to guess for it
-    assert r["rows"]["page_misses"] > 0
+    assert r["rows"]["pages_read"] > 0
 
 
 def test_export_refuses_dense_layers_in_one_line(tmp_path):

@@ -60,7 +60,9 @@ CALLING_CONVENTION = {
             "top_k^2 sums s1_a + s2_b, expert id a*n + b; weights softmax over those top_k sums. Expert i is record i of "
             "peer.layers[layer] (record_bytes each: u_i then v_i, dim values each, int8 times peer/scales.safetensors "
             "'layer_{l}.u'[i] and '.v'[i], or fp32); the layer's result is h_out + sum over heads and their top_k of "
-            "weight * act(u_i . x) * v_i, act peer.activation (gelu: the exact, erf form)",
+            "weight * act(u_i . x) * v_i, act peer.activation (gelu: the exact, erf form). A layer's page_sha256 file holds "
+            "the sha256 (32 bytes) of each page_bytes-long page of its rows file (records per page: page_bytes // "
+            "record_bytes), to check pages as they are read",
 }
 
 

@@ -1,8 +1,10 @@
 """A PEER layer's pool as the runtime reads it: one file of N records per layer, record i = [u_i | v_i] (the
 two rows of expert i bundled, "row-column bundling" as in LLM in a Flash: one read brings both), int8 with one
 fp32 scale per row (in a small file the runtime keeps resident), or fp32 for an fp32 artifact. With dim 256
-an int8 record is 512 bytes: 8 experts per 4 KiB page, the unit the runtime reads and caches."""
+an int8 record is 512 bytes: 8 experts per 4 KiB page, the unit the runtime reads. Beside each pool, the
+sha256 of each of its pages (32 bytes per page), so the runtime checks what it reads without reading it all."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +44,13 @@ def write_peer(source, scheme: str, tmp: Path) -> dict:
         rec, s = records(u, v, scheme)
         scales |= {f"layer_{i}.{name}": a for name, a in s.items()}
         path = tmp / "peer" / f"layer_{i}.rows"
-        write_atomic(path, rec.tobytes())
-        layers[str(i)] = file_entry(tmp, path, rows=rec.shape[0], record_bytes=rec.shape[1])
+        data = rec.tobytes()
+        write_atomic(path, data)
+        page = max(1, PAGE_BYTES // rec.shape[1]) * rec.shape[1]
+        hashes = tmp / "peer" / f"layer_{i}.pages.sha256"
+        write_atomic(hashes, b"".join(hashlib.sha256(data[p:p + page]).digest() for p in range(0, len(data), page)))
+        layers[str(i)] = file_entry(tmp, path, rows=rec.shape[0], record_bytes=rec.shape[1],
+                                    page_sha256=file_entry(tmp, hashes))
     out = {"dtype": dtype, "page_bytes": PAGE_BYTES, "heads": cfg.peer_heads, "top_k": cfg.peer_topk,
            "sub_keys": int(round(cfg.peer_experts ** 0.5)), "activation": cfg.peer_activation, "layers": layers}
     if scales:

@@ -142,7 +142,7 @@ def print_metrics(r: dict):
         decode = max(1, r["generated_tokens"] - 1)
         rows += [(f"PEER rows: budget {mb(p['budget_bytes'])} of {mb(p['total_bytes'])}",
                   f"peak {mb(p['resident_bytes_peak'])}"),
-                 ("PEER rows used / page hits / page misses", f"{p['rows_used']} / {p['page_hits']} / {p['page_misses']}"),
+                 ("PEER row hits / misses / pages read", f"{p['row_hits']} / {p['row_misses']} / {p['pages_read']}"),
                  ("PEER bytes read (all / per decode token)", f"{mb(p['bytes_read'])} / "
                                                                f"{p['bytes_read_decode'] / decode / 1e3:.1f} KB")]
     for row in rows:

@@ -106,7 +106,9 @@ def artifact_files(artifact: Path, manifest: dict) -> list[Path]:
     files = [artifact / manifest[k]["path"] for k in ("tokenizer", "embedding", "routers", "compressed_experts")
              if k in manifest]
     peer = manifest.get("peer", {})
-    files += [artifact / e["path"] for e in [*peer.get("layers", {}).values(), *filter(None, [peer.get("scales")])]]
+    for e in peer.get("layers", {}).values():
+        files += [artifact / e["path"], artifact / e["page_sha256"]["path"]]
+    files += [artifact / peer["scales"]["path"]] if "scales" in peer else []
     for section in manifest["backends"].values():
         files += [artifact / f["path"] for f in section["backbone"]["files"]]
         files += [artifact / e["path"] for e in section["experts"]]

@@ -140,8 +140,8 @@ public final class Report {
         m.put("selection", selection);
         // PEER rows (cosmoe_edge/runtime/rows.py): this runtime has no PEER layers, so the figures are zeros
         Map<String, Object> rows = new LinkedHashMap<>();
-        for (String k : new String[] {"budget_bytes", "total_bytes", "resident_bytes_peak", "rows_used", "page_hits",
-                "page_misses", "bytes_read", "bytes_read_decode"}) {
+        for (String k : new String[] {"budget_bytes", "total_bytes", "resident_bytes_peak", "rows_used", "row_hits",
+                "row_misses", "pages_read", "bytes_read", "bytes_read_decode"}) {
             rows.put(k, 0L);
         }
         m.put("rows", rows);
