@@ -42,7 +42,7 @@ def split_list(text: str) -> list[str]:
 def expert_bytes(manifest: dict, backend: str) -> tuple[float, float]:
     """(mean expert file bytes, backbone bytes) of one backend of an artifact."""
     s = manifest["backends"][backend]
-    return (statistics.mean(e["bytes"] for e in s["experts"]),
+    return (statistics.mean(e["bytes"] for e in s["experts"]) if s["experts"] else 0.0,
             sum(f["bytes"] for f in s["backbone"]["files"]))
 
 
@@ -55,9 +55,12 @@ def add_bounds(rows, manifests, hw):
         m = manifests[r["artifact"]]
         expert, backbone = expert_bytes(m, r["backend"])
         cfg = m["model"]
-        active = backbone + cfg["n_layers"] * cfg["top_k"] * expert
+        kinds = cfg["ffn"].split(",") if "," in cfg["ffn"] else [cfg["ffn"]] * cfg["n_layers"]
+        peer = m.get("peer")  # a PEER layer's active bytes: heads x top-k rows
+        rows = sum(peer["heads"] * peer["top_k"] * e["record_bytes"] for e in peer["layers"].values()) if peer else 0
+        active = backbone + kinds.count("moe") * cfg["top_k"] * expert + rows
         tokens = max(1, r["prompt_tokens"] + r["generated_tokens"])
-        missed = r["expert_misses"] * expert / tokens
+        missed = (r["expert_misses"] * expert + r.get("rows_bytes_read", 0)) / tokens
         t = active / (hw["memory_gbps"] * 1e9) + missed / ((hw["storage_gbps"] if r["cold"] else hw["memory_gbps"]) * 1e9)
         r["bound_tokens_per_s"] = 1 / t
         r["fraction_of_bound"] = r["decode_tokens_per_s"] / r["bound_tokens_per_s"]
