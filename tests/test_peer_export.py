@@ -4,6 +4,8 @@ retrieval in the runtime, and the row cache under the memory budget."""
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -189,7 +191,7 @@ def test_greedy_tokens_identical_at_every_budget_with_rows_within_theirs(peer_fp
 
 
 def test_a_budget_below_a_token_s_rows_is_one_line(peer_fp32):
-    with pytest.raises(RequestError, match="pages of one token's PEER rows"):
+    with pytest.raises(RequestError, match="the rows one token reads in its PEER layers"):
         run(peer_fp32, RunOptions(prompt="x", max_new_tokens=1, backend="onnx", memory_budget="1KB"))
 
 
@@ -197,6 +199,27 @@ def test_prefetch_skips_a_peer_layer_and_cold_drops_its_rows(peer_fp32):
     r = run(peer_fp32, RunOptions(prompt=PROMPT, max_new_tokens=4, backend="onnx", prefetch=True, cold=True))
     assert r["prefetch"]["issued"] == 0  # layer 0's next layer is PEER: nothing to guess for it
     assert r["rows"]["pages_read"] > 0
+
+
+def test_edge_bench_runs_a_peer_artifact_and_counts_its_rows(peer_fp32, tmp_path):
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "cosmoe_edge.bench.cli", str(peer_fp32), "--budgets", "40%",
+                        "--backends", "onnx", "--policies", "lru", "--max-new-tokens", "12", "--repeats", "1",
+                        "--prompts", str(write_prompt(tmp_path)), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {(row["budget"], row["policy"]): row for row in json.loads((out / "results.json").read_text())["rows"]}
+    for row in (rows[("all", "lru")], rows[("40%", "lru")]):
+        assert row["status"] == "ok" and row["rows_bytes_read"] > 0 and row["rows_bytes_read_decode"] >= 0
+        assert row["loaded_kb_per_token"] * 1e3 >= row["rows_bytes_read_decode"] / (row["generated_tokens"] - 1)
+        assert 0 < row["bound_tokens_per_s"]
+    assert (out / "loaded_per_token.png").is_file()
+
+
+def write_prompt(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text(PROMPT + "\n")
+    return path
 
 
 def test_export_refuses_dense_layers_in_one_line(tmp_path):

@@ -66,6 +66,17 @@ def add_bounds(rows, manifests, hw):
         r["fraction_of_bound"] = r["decode_tokens_per_s"] / r["bound_tokens_per_s"]
 
 
+def add_loaded(rows, manifests):
+    """KB the runtime loads per decode step, counted where it reads rather than as the OS saw it: each miss's
+    expert file (what a device without spare RAM reads again) and the PEER layers' pages."""
+    for r in rows:
+        if r["policy"] == "eager" or "decode_tokens_per_s" not in r:
+            continue
+        expert, _ = expert_bytes(manifests[r["artifact"]], r["backend"])
+        loaded = r["expert_misses_decode"] * expert + r.get("rows_bytes_read_decode", 0)
+        r["loaded_kb_per_token"] = loaded / max(1, r["generated_tokens"] - 1) / 1e3
+
+
 def add_estimates(rows, manifests, hw, devices):
     """Estimated decode tokens/s per device for each configuration (see bench/device.py), and the same
     formula with this machine's own figures, to check it against what was measured here."""
@@ -245,6 +256,7 @@ def main(
                 rows[-1] |= run_eval(c, quality_tokens)
                 bar.advance(task)
     add_bounds(rows, manifests, hw)
+    add_loaded(rows, manifests)
     if devices:
         add_estimates(rows, manifests, hw, devices)
     write_results(rows, hw, out, devices)
@@ -363,7 +375,7 @@ def print_summary(rows, hw, devices):
     t = Table(title=f"edge-bench on {hw['cpu']} ({hw['cores']} cores), memory {hw['memory_gbps']:.1f} GB/s, "
                     f"storage {hw['storage_gbps']:.2f} GB/s (O_DIRECT){cold}")
     cols = ["configuration", "budget", "decode tok/s", "of bound", "ttft ms", "hit rate", "switch rate", "peak RSS MB",
-            "read KB/tok"]
+            "read KB/tok", "loaded KB/tok"]
     quality = any("perplexity" in r for r in rows)
     if quality:
         cols += ["perplexity"]
@@ -381,7 +393,8 @@ def print_summary(rows, hw, devices):
                  f"{r['fraction_of_bound']:.0%}" if "fraction_of_bound" in r else "",
                  f"{r['ttft_ms']:.1f}", f"{r['expert_hit_rate']:.1%}", f"{r['expert_switch_rate']:.2f}",
                  f"{r['peak_rss_bytes'] / 1e6:.0f}",
-                 f"{r['storage_read_bytes'] / max(1, r['generated_tokens']) / 1e3:.1f}"]
+                 f"{r['storage_read_bytes'] / max(1, r['generated_tokens']) / 1e3:.1f}",
+                 f"{r['loaded_kb_per_token']:.1f}" if "loaded_kb_per_token" in r else ""]
         if quality:
             cells.append(f"{r['perplexity']:.3f}" if "perplexity" in r else r.get("eval_error", "")[:40])
         if devices:

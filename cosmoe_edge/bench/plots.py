@@ -89,6 +89,8 @@ def draw(rows, out_dir: Path, machine: str, date: str) -> list[Path]:
         ("peak_rss.png", "peak RSS (MB)", lambda key, r: r["peak_rss_bytes"] / 1e6),
         ("read_per_token.png", "storage read per token (KB)",
          lambda key, r: r["storage_read_bytes"] / max(1, r["generated_tokens"]) / 1e3),
+        ("loaded_per_token.png", "loaded per decode token (KB: missed experts' files, PEER pages)",
+         lambda key, r: r.get("loaded_kb_per_token", float("nan"))),
         ("ttft.png", "time to first token (ms)", lambda key, r: r["ttft_ms"]),
     ]
     cold = any(r.get("cold") for r in rows)

@@ -156,7 +156,8 @@ def reduce(c: Config, reports: list[dict]) -> dict:
     row["prefetch_issued"] = statistics.median(r["prefetch"]["issued"] for r in ok)
     row["prefetch_useful"] = statistics.median(r["prefetch"]["useful"] for r in ok)
     row["selection_counts"] = ok[0]["selection"]
-    row["rows_bytes_read"] = statistics.median(r["rows"]["bytes_read"] for r in ok)  # PEER layers' (0 without)
+    for k in ("bytes_read", "bytes_read_decode"):  # the PEER layers' rows (0 without)
+        row[f"rows_{k}"] = statistics.median(r["rows"][k] for r in ok)
     row["text"] = ok[0].get("text", "")
     row["processes"] = [r.get("process") for r in ok]
     return row

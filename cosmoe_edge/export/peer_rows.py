@@ -5,6 +5,7 @@ an int8 record is 512 bytes: 8 experts per 4 KiB page, the unit the runtime read
 sha256 of each of its pages (32 bytes per page), so the runtime checks what it reads without reading it all."""
 
 import hashlib
+from math import isqrt
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def write_peer(source, scheme: str, tmp: Path) -> dict:
         layers[str(i)] = file_entry(tmp, path, rows=rec.shape[0], record_bytes=rec.shape[1],
                                     page_sha256=file_entry(tmp, hashes))
     out = {"dtype": dtype, "page_bytes": PAGE_BYTES, "heads": cfg.peer_heads, "top_k": cfg.peer_topk,
-           "sub_keys": int(round(cfg.peer_experts ** 0.5)), "activation": cfg.peer_activation, "layers": layers}
+           "sub_keys": isqrt(cfg.peer_experts), "activation": cfg.peer_activation, "layers": layers}
     if scales:
         save_file(scales, str(tmp / "peer" / "scales.safetensors"))
         out["scales"] = file_entry(tmp, tmp / "peer" / "scales.safetensors")

@@ -1,6 +1,6 @@
 """The decode loop over an artifact: embedding rows from a safetensors file, per layer the backbone
 program, the router's top-k, the experts (loaded on a miss), then the head. A PEER layer (rows.py) has
-no experts: its program's sub-key scores pick rows of its pool, read page by page under the same budget.
+no experts: its program's sub-key scores pick rows of its pool, read from flash under the same budget.
 
 Data flow per layer l, for the T tokens of this step (see export/programs.py for the programs):
   h, x, logits, k, v = layer_l(h, cos, sin, k_past_l, v_past_l, mask)   (k_past: the filled cache rows)
@@ -87,7 +87,7 @@ class Engine:
         if self.budget < self.min_budget:
             raise RequestError(f"memory budget {self.budget:,} bytes is below the minimum of {self.min_budget:,} "
                                f"bytes (the {k_run} largest experts a layer may need at once"
-                               + (", and the pages of one token's PEER rows)" if self.peer else ")"), "budget_too_small")
+                               + (", and the rows one token reads in its PEER layers)" if self.peer else ")"), "budget_too_small")
         rows_budget = split_budget(self.budget, rows_total, self.expert_bytes_total, rows_min, experts_min)
         self.cache = ExpertCache(self.store, self.budget - rows_budget, policy, (self.n_layers, cfg["num_experts"]),
                                  on_cache_event)
@@ -241,7 +241,6 @@ class Engine:
             self.peer.close()
         for program, _ in self.parts.values():
             program.release()
-
 
 
 def split_budget(budget: int, rows_total: int, total: int, rows_min: int, experts_min: int) -> int:

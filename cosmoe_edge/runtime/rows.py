@@ -49,10 +49,11 @@ class RowCache:
     """Rows of the PEER layers' pools under `budget` bytes, held in one preallocated slab (so RSS follows the
     budget), least recently used evicted first. Storage is read a page at a time (the unit flash reads); the
     rows a token asked for enter as the most recent, and the page's other rows only fill free slots, as the
-    least recent: they are the first to go (on the PEER model's held-out trace at 10% of its pool, 107 KB read
-    per token, against 280 KB for an LRU over whole pages). With `hashes`, each page's sha256 is checked on
-    its first read (a whole-file check would read the pool). Bookkeeping is in arrays (a slot per row, a
-    last-use tick per slot), so a token costs a few numpy calls, not a Python loop over its rows."""
+    least recent: they are the first to go (replayed on the PEER arm's held-out text with 10% of its pool,
+    106 KB read per token against 284 KB for an LRU over whole pages: scripts/peer_row_sim.py). With
+    `hashes`, each page's sha256 is checked on its first read (a whole-file check would read the pool).
+    Bookkeeping is in arrays (a slot per row, a last-use tick per slot), so a token costs a few numpy calls,
+    not a Python loop over its rows."""
 
     def __init__(self, files: dict[int, tuple[Path, int]], page_bytes: int, budget: int,
                  hashes: dict[int, np.ndarray] | None = None):
@@ -186,7 +187,7 @@ class PeerLayers:
         self.cache = RowCache(self.paths, self.section["page_bytes"], budget, self.hashes)
 
     def forward(self, layer: int, x: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """The PEER layer's output (T, D) for its input x (T, D), one token at a time (so a token's pages are
+        """The PEER layer's output (T, D) for its input x (T, D), one token at a time (so one token's rows are
         all that must fit, and the arithmetic is the same at every budget)."""
         ids, weights = retrieve(scores, self.heads, self.k, self.n)
         out = np.empty_like(x)
