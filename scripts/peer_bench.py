@@ -11,6 +11,9 @@ docs/bench/peer_bench.png and the table between the "peer-bench" markers of docs
 Usage: python scripts/peer_bench.py [--moe runs/peer-bench/moe-int8] [--peer runs/peer-bench/peer-mid-int8]
        [--budgets 100,50,25,10,5] [--tokens 128] [--repeats 1]
 (the two artifacts: edge-export MODEL --quant int8 --backend onnx --out ARTIFACT)
+       python scripts/peer_bench.py --edge-bench docs/bench/peer
+writes the whole-model table of an edge-bench run of the same two artifacts (its loaded KB per decode token and
+decode tokens/s; the command is in the text) between the "peer-edge-bench" markers.
 """
 
 import argparse
@@ -143,6 +146,31 @@ def table(results: dict, budgets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def edge_bench_table(folder: Path) -> str:
+    d = json.loads((folder / "results.json").read_text())
+    hw, rows = d["machine"], [r for r in d["rows"] if "decode_tokens_per_s" in r and r["policy"] not in ("none",)]
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    by = {(Path(r["artifact"]).name, r["budget"]): r for r in rows}
+    names = list(dict.fromkeys(Path(r["artifact"]).name for r in rows))
+    failed = {(Path(r["artifact"]).name, r["budget"]) for r in d["rows"] if r.get("status") != "ok"}
+    prompts = [p for p in (folder / "prompts.txt").read_text().splitlines() if p.strip()]
+    lines = [f"The same two artifacts in one edge-bench run ({hw['date']}, {hw['cpu']}, {hw['cores']} cores; "
+             f"`edge-bench runs/peer-bench/moe-int8 runs/peer-bench/peer-mid-int8 --backends onnx --policies nextuse "
+             f"--budgets {','.join(b for b in budgets if b != 'all')} --cold --repeats {rows[0]['runs'] // len(prompts)} "
+             f"--max-new-tokens {int(rows[0]['generated_tokens'])} --prompts {folder}/prompts.txt --out {folder}`, "
+             f"{len(prompts)} prompts, one line each): "
+             "whole models, loaded KB per decode token (missed experts' files and PEER pages) / decode tokens/s "
+             "(median).", "", "| budget | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for b in budgets:
+        cells = []
+        for n in names:
+            r = by.get((n, b))
+            cells.append(f"{r['loaded_kb_per_token']:,.0f} / {r['decode_tokens_per_s']:.0f}" if r
+                         else "cannot run" if (n, b) in failed else "")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", f"![loaded per token]({folder.relative_to('docs')}/loaded_per_token.png)"])
+
+
 def plot(results: dict, budgets: list[str], path: Path, title: str):
     import matplotlib
 
@@ -184,7 +212,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", default="runs/peer-bench/results.json")
     ap.add_argument("--render", action="store_true", help="only redraw the plot and table from --out")
+    ap.add_argument("--edge-bench", type=Path, help="an edge-bench output folder: write its table and stop")
     a = ap.parse_args()
+    if a.edge_bench:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from doc_figures import write_between_markers
+
+        write_between_markers(Path("docs/BENCHMARKS.md"), edge_bench_table(a.edge_bench), "peer-edge-bench")
+        return
     budgets = a.budgets.split(",")
     sys.path.insert(0, str(Path(__file__).parent))
     from doc_figures import write_between_markers

@@ -56,7 +56,7 @@ def _finish(fig, axes, ylabel, title, path):
         if ax.get_visible():
             ax.invert_xaxis()
             ax.grid(alpha=0.3)
-            ax.set_xlabel("memory budget (% of all experts' bytes)", fontsize=8)
+            ax.set_xlabel("memory budget (% of all experts' and PEER rows' bytes)", fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.tick_params(labelsize=8)
     handles = {}
