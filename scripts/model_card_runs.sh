@@ -25,8 +25,12 @@ train peer-mid --preset default --sticky-from 0.25 --ffn moe,moe,peer,moe --peer
 # the MACs (+0.3%)
 train peer-mid-128 --preset default --sticky-from 0.25 --ffn moe,moe,peer,moe --peer-experts 16384 --peer-heads 8 \
   --peer-topk 16 --peer-key-dim 172
+# (e) without weight decay on the pool and the keys: AdamW's decay shrinks every row each step, retrieved or not,
+# which keeps seldom-retrieved experts small and unretrieved
+train peer-mid-nodecay --preset default --sticky-from 0.25 --ffn moe,moe,peer,moe --peer-experts 65536 \
+  --peer-heads 8 --peer-topk 16 --peer-key-dim 128 --peer-weight-decay 0
 # the previous default model (BlES, seed 0; the preset "bles"), as it was shipped
 [ -f runs/card/bles.pt ] || git show 80f743e:models/cosmoe-default.pt > runs/card/bles.pt
-for n in nobles bles dense peer-mid peer-mid-128; do
+for n in nobles bles dense peer-mid peer-mid-128 peer-mid-nodecay; do
   [ -f "runs/card/$n.pt" ] || { echo "runs/card/$n.pt was not written: see runs/card/$n.log" >&2; exit 1; }
 done

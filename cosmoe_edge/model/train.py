@@ -47,6 +47,7 @@ class TrainOptions:
     min_lr_ratio: float = 0.1
     warmup: int = 100
     weight_decay: float = 0.1
+    peer_weight_decay: float | None = None  # on PEER pools and product keys (None: weight_decay)
     grad_clip: float = 1.0
     eval_every: int = 500
     eval_windows: int = 64
@@ -114,11 +115,19 @@ def init_from_checkpoint(path: Path, changes: dict) -> dict:
 
 def make_optimizer(model, o: TrainOptions):
     # compressed-expert vectors start at ones and act multiplicatively: decay would pull them to zero
+    # PEER pools and keys may take their own decay: AdamW's decay shrinks every row each step, retrieved or not
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.dim() >= 2 and ".ffn.compressed" not in n]
-    no_decay = [p for n, p in params if p.dim() < 2 or ".ffn.compressed" in n]
+    pool = PEER_POOL if o.peer_weight_decay is not None else ()
+    in_pool = lambda n: any(n.endswith(s) for s in pool)  # noqa: E731
+    decay = [p for n, p in params if p.dim() >= 2 and ".ffn.compressed" not in n and not in_pool(n)]
+    no_decay = [p for n, p in params if (p.dim() < 2 or ".ffn.compressed" in n) and not in_pool(n)]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if pool:
+        groups.append({"params": [p for n, p in params if in_pool(n)], "weight_decay": o.peer_weight_decay})
     return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95))
+
+
+PEER_POOL = (".ffn.w_in.weight", ".ffn.w_out.weight", ".ffn.sub_keys")
 
 
 def weights_digest(model) -> str:
@@ -347,6 +356,8 @@ def main(
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainOptions.lr,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps before cosine decay.")] = TrainOptions.warmup,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.")] = TrainOptions.weight_decay,
+    peer_weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay on PEER pools and product keys "
+                                                                 "(default: --weight-decay).")] = None,
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = TrainOptions.grad_clip,
     eval_every: Annotated[int, typer.Option(help="Steps between validation runs.")] = TrainOptions.eval_every,
     eval_windows: Annotated[int, typer.Option(help="Validation windows of seq_len tokens.")] = TrainOptions.eval_windows,
@@ -380,7 +391,8 @@ def main(
     if ffn is not None and "moe" not in ffn.split(","):
         overrides.setdefault("sticky_delta", 0.0)  # the preset's sticky rule has no router to act on
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
-                        weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
+                        weight_decay=weight_decay, peer_weight_decay=peer_weight_decay, grad_clip=grad_clip,
+                        eval_every=eval_every,
                         eval_windows=eval_windows, seed=seed, sticky_from=sticky_from, device=device)
     if not 0 <= sticky_from < 1:
         fail("--sticky-from must be in [0, 1)")
