@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cosmoe_edge.model.config import ModelConfig
 from cosmoe_edge.model.model import PEER, CoSMoE, ffn_macs, param_summary
 from cosmoe_edge.model.peer import product_key_topk, usage
-from cosmoe_edge.model.train import TrainOptions, run
+from cosmoe_edge.model.train import TrainOptions, make_optimizer, run
 from tests.conftest import tiny_config
 
 
@@ -152,3 +152,15 @@ def test_the_compared_peer_layer_costs_what_the_moe_layer_it_replaces_costs():
     assert ffn_macs(moe) == [256 * 8 + experts] * 4
     assert ffn_macs(peer) == [256 * 8 + experts] * 2 + [experts] + [256 * 8 + experts]
     assert ffn_macs(moe.dense_baseline()) == [experts] * 4
+
+
+def test_peer_weight_decay_groups_the_pool_and_keys_apart():
+    model = CoSMoE(tiny_config(ffn="moe,peer", peer_experts=256, peer_heads=2, peer_topk=4, peer_key_dim=16))
+    peer = model.peer_layers()[0]
+    pool = {id(peer.w_in.weight), id(peer.w_out.weight), id(peer.sub_keys)}
+    same = make_optimizer(model, TrainOptions())  # default: the pool decays like every matrix
+    assert all(g["weight_decay"] == 0.1 for g in same.param_groups if pool & {id(p) for p in g["params"]})
+    groups = make_optimizer(model, TrainOptions(peer_weight_decay=0.0)).param_groups
+    assert [{id(p) for p in g["params"]} for g in groups if g["weight_decay"] == 0.0][-1] == pool
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert id(peer.query.weight) in {id(p) for p in groups[0]["params"]}  # the query network still decays
