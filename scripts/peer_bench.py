@@ -229,7 +229,7 @@ def main():
     if a.render:
         saved = json.loads(Path(a.out).read_text())
         where, seconds, results, budgets = saved["machine"], saved["seconds"], saved["results"], saved["budgets"]
-        a.tokens = saved["tokens"]
+        a.tokens, a.repeats = saved["tokens"], saved["repeats"]
     else:
         t0 = time.time()
         results = bench({"moe": a.moe, "peer": a.peer}, budgets, a.tokens, a.repeats)
@@ -242,9 +242,10 @@ def main():
             if "loaded_per_token_by_layer" in r:
                 r["loaded_per_token_by_layer"] = {int(k): v for k, v in r["loaded_per_token_by_layer"].items()}
     plot(results, budgets, Path("docs/bench/peer_bench.png"), f"PEER vs MoE, int8 onnxruntime, cold - {where}")
-    text = (f"{where}; `python scripts/peer_bench.py --tokens {a.tokens} --budgets {','.join(budgets)}` ({seconds} s): "
-            f"{len(PROMPTS)} prompts x "
-            f"{a.tokens} greedy tokens per configuration, each run cold in a fresh process, 1 thread.\n\n"
+    text = (f"{where}; `python scripts/peer_bench.py --tokens {a.tokens} --budgets {','.join(budgets)} --repeats "
+            f"{a.repeats}` ({seconds} s): {len(PROMPTS)} prompts x {a.tokens} greedy tokens x {a.repeats} repeats per "
+            "configuration, each run cold in a fresh process, 1 thread; decode tokens/s the median over runs, bytes "
+            "summed over them.\n\n"
             + table(results, budgets) + "\n\n![PEER vs MoE](bench/peer_bench.png)\n")
     write_between_markers(Path("docs/BENCHMARKS.md"), text, "peer-bench",
                           "## PEER against MoE: bytes from storage per token (issue 15)")
