@@ -112,6 +112,11 @@ def test_row_cache_keeps_rows_within_its_budget_least_recently_used_first(tmp_pa
         cache.records(0, np.arange(7))
     assert runs([1, 2, 3, 7, 9, 10]) == [(1, 3), (7, 1), (9, 2)]
     cache.close()
+    cache = RowCache({0: (path, 8)}, page_bytes=32, budget=10 * 8, hashes={0: hashes})
+    cache.fill(chunk_pages=2)  # what fits, in file order; counters from zero
+    assert cache.resident(0) == list(range(10)) and (cache.bytes_read, cache.misses) == (0, 0)
+    assert (cache.records(0, np.array([9, 3])) == rows[[9, 3]]).all() and cache.hits == 2
+    cache.close()
 
 
 def test_row_cache_checks_each_page_it_reads(tmp_path):
@@ -188,6 +193,13 @@ def test_greedy_tokens_identical_at_every_budget_with_rows_within_theirs(peer_fp
     assert small["rows"]["row_misses"] > full["rows"]["row_misses"]
     assert small["rows"]["budget_bytes"] < full["rows"]["total_bytes"]
     assert small["resident_expert_bytes_peak"] <= small["memory_budget_bytes"]
+
+
+def test_preload_reads_the_pool_up_front(peer_fp32):
+    lazy = run(peer_fp32, RunOptions(prompt=PROMPT, max_new_tokens=8, backend="onnx"))
+    r = run(peer_fp32, RunOptions(prompt=PROMPT, max_new_tokens=8, backend="onnx", preload=True))
+    assert r["text"] == lazy["text"] and r["rows"]["row_misses"] == r["rows"]["bytes_read"] == 0
+    assert r["rows"]["resident_bytes_peak"] == r["rows"]["total_bytes"] and lazy["rows"]["bytes_read"] > 0
 
 
 def test_a_budget_below_a_token_s_rows_is_one_line(peer_fp32):

@@ -102,10 +102,12 @@ class Engine:
         self.routing = RoutingLog()
 
     def preload(self):
-        """Load every expert now (what a runtime without lazy loading does), as far as the budget
-        allows; the cache's counters then start from zero."""
+        """Load every expert (and PEER row) now (what a runtime without lazy loading does), as far as the
+        budget allows; the caches' counters then start from zero."""
         self.cache.fill(sorted(self.store.entries))
         self.cache.reset_counters()
+        if self.peer:
+            self.peer.cache.fill()
 
     def _load_embedding(self, verify):
         e = self.manifest["embedding"]

@@ -119,6 +119,25 @@ class RowCache:
         self.peak_bytes = max(self.peak_bytes, self.bytes)
         return self.slab[slot_of[ids], :rb]
 
+    def fill(self, chunk_pages: int = 256):
+        """Read the pools in order while their rows fit in free slots (--preload); counters start from zero."""
+        for layer in self.fds:
+            per, rb = self.per_page[layer], self.record[layer]
+            pages = -(-len(self.slot_of[layer]) // per)
+            for first in range(0, pages, chunk_pages):
+                if not self.free:
+                    break
+                block = np.frombuffer(self._read(layer, first, min(chunk_pages, pages - first)), np.uint8)
+                block = block.reshape(-1, rb)[:len(self.free)]
+                rows = np.arange(first * per, first * per + len(block))
+                new = np.array([self.free.pop() for _ in range(len(rows))], np.int64)
+                self.slot_of[layer][rows] = new
+                self.owner[new, 0], self.owner[new, 1] = layer, rows
+                self.stamp[new] = 0
+                self.slab[new, :rb] = block
+        self.peak_bytes = self.bytes
+        self.rows_used = self.hits = self.misses = self.pages_read = self.bytes_read = 0
+
     def _evict(self, n: int):
         victims = np.argpartition(self.stamp, n - 1)[:n]  # the n least recent (free slots are stamped FREE)
         for layer, row in self.owner[victims].tolist():
