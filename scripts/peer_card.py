@@ -22,7 +22,8 @@ from cosmoe_edge.model.train import TrainOptions, make_optimizer
 ROWS = [("a", "default MoE (sticky top-k), 8 experts top-2 in every layer", "default"),
         ("b", "dense baseline, FLOP-matched", "dense"),
         ("e", "PEER in the middle layer (2): 256^2 experts, 8 heads x top-16, key dim 128; MoE elsewhere", "peer-mid"),
-        ("f", "the same with 128^2 experts, key dim 172", "peer-mid-128")]
+        ("f", "the same with 128^2 experts, key dim 172", "peer-mid-128"),
+        ("g", "(e) without weight decay on the pool and the keys", "peer-mid-nodecay")]
 
 
 def train_tokens_per_s(cfgs: dict, threads: int, rounds: int = 5, steps: int = 2) -> dict:
