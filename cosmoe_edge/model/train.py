@@ -113,6 +113,9 @@ def init_from_checkpoint(path: Path, changes: dict) -> dict:
     return ckpt | {"model": model, "path": str(path)}
 
 
+PEER_POOL = (".ffn.w_in.weight", ".ffn.w_out.weight", ".ffn.sub_keys")  # what --peer-weight-decay acts on
+
+
 def make_optimizer(model, o: TrainOptions):
     # compressed-expert vectors start at ones and act multiplicatively: decay would pull them to zero
     # PEER pools and keys may take their own decay: AdamW's decay shrinks every row each step, retrieved or not
@@ -125,9 +128,6 @@ def make_optimizer(model, o: TrainOptions):
     if pool:
         groups.append({"params": [p for n, p in params if in_pool(n)], "weight_decay": o.peer_weight_decay})
     return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95))
-
-
-PEER_POOL = (".ffn.w_in.weight", ".ffn.w_out.weight", ".ffn.sub_keys")
 
 
 def weights_digest(model) -> str:
@@ -392,8 +392,8 @@ def main(
         overrides.setdefault("sticky_delta", 0.0)  # the preset's sticky rule has no router to act on
     opts = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, peer_weight_decay=peer_weight_decay, grad_clip=grad_clip,
-                        eval_every=eval_every,
-                        eval_windows=eval_windows, seed=seed, sticky_from=sticky_from, device=device)
+                        eval_every=eval_every, eval_windows=eval_windows, seed=seed, sticky_from=sticky_from,
+                        device=device)
     if not 0 <= sticky_from < 1:
         fail("--sticky-from must be in [0, 1)")
     if device.split(":")[0] not in ("cpu", "cuda") or (device != "cpu" and not torch.cuda.is_available()):
