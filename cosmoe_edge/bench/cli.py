@@ -54,11 +54,10 @@ def add_bounds(rows, manifests, hw):
             continue
         m = manifests[r["artifact"]]
         expert, backbone = expert_bytes(m, r["backend"])
-        cfg = m["model"]
-        kinds = cfg["ffn"].split(",") if "," in cfg["ffn"] else [cfg["ffn"]] * cfg["n_layers"]
+        moe_layers = len({e["layer"] for e in m["backends"][r["backend"]]["experts"]})
         peer = m.get("peer")  # a PEER layer's active bytes: heads x top-k rows
         rows = sum(peer["heads"] * peer["top_k"] * e["record_bytes"] for e in peer["layers"].values()) if peer else 0
-        active = backbone + kinds.count("moe") * cfg["top_k"] * expert + rows
+        active = backbone + moe_layers * m["model"]["top_k"] * expert + rows
         tokens = max(1, r["prompt_tokens"] + r["generated_tokens"])
         missed = (r["expert_misses"] * expert + r.get("rows_bytes_read", 0)) / tokens
         t = active / (hw["memory_gbps"] * 1e9) + missed / ((hw["storage_gbps"] if r["cold"] else hw["memory_gbps"]) * 1e9)

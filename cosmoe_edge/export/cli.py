@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cosmoe_edge.errors import exit_error
-from cosmoe_edge.runtime.manifest import BACKENDS
+from cosmoe_edge.runtime.manifest import BACKENDS, peer_files, peer_rows_bytes
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -134,9 +134,7 @@ def print_summary(m: dict, out: Path):
         t.add_column(col, justify="left" if col == "backend" else "right")
     # the embedding counts with the backbone
     shared = sum(m[k]["bytes"] for k in ("tokenizer", "routers", "compressed_experts") if k in m)
-    peer = m.get("peer", {})
-    shared += sum(e["bytes"] + e["page_sha256"]["bytes"] for e in peer.get("layers", {}).values())
-    shared += peer["scales"]["bytes"] if "scales" in peer else 0
+    shared += sum(e["bytes"] for e in peer_files(m))
     lines = []
     for b, s in m["backends"].items():
         backbone = sum(f["bytes"] for f in s["backbone"]["files"]) + m["embedding"]["bytes"]
@@ -179,10 +177,9 @@ def print_summary(m: dict, out: Path):
             print(f"onnx: MatMulNBits {bb}/{want} linear layers in the backbone, {experts}; routers stay fp32")
     emb = m["embedding"]["bytes"]
     print(f"embedding table ({m['quant']['embedding']}): {human(emb)}")
-    if p := peer:
-        rows = sum(e["bytes"] for e in p["layers"].values())
+    if p := m.get("peer"):
         print(f"PEER rows ({p['dtype']}, u and v of an expert bundled, read in {p['page_bytes']}-byte pages): "
-              f"{human(rows)} in {len(p['layers'])} file(s), layers {', '.join(sorted(p['layers']))}; "
+              f"{human(peer_rows_bytes(m))} in {len(p['layers'])} file(s), layers {', '.join(sorted(p['layers']))}; "
               f"{p['heads']} heads x top-{p['top_k']} rows per token and layer")
     c = q.get("head_choice")
     head = f"LM head: {q['head']}"

@@ -89,10 +89,21 @@ def expert_cost(entry: dict) -> int:
     return entry.get("resident_bytes", entry["bytes"])
 
 
+def peer_rows_bytes(manifest: dict) -> int:
+    """Bytes of the PEER layers' row files (0 without PEER layers)."""
+    return sum(e["bytes"] for e in manifest.get("peer", {}).get("layers", {}).values())
+
+
+def peer_files(manifest: dict) -> list[dict]:
+    """The entries of every file of the PEER layers: rows, their page hashes, the scales."""
+    peer = manifest.get("peer", {})
+    return [f for e in peer.get("layers", {}).values() for f in (e, e["page_sha256"])] + \
+        ([peer["scales"]] if "scales" in peer else [])
+
+
 def lazy_bytes(manifest: dict, section: dict) -> int:
     """All that a backend's run loads lazily: its experts at full cost and the PEER layers' row files."""
-    rows = sum(e["bytes"] for e in manifest.get("peer", {}).get("layers", {}).values())
-    return sum(expert_cost(e) for e in section["experts"]) + rows
+    return sum(expert_cost(e) for e in section["experts"]) + peer_rows_bytes(manifest)
 
 
 def expert_load_cost(entry: dict) -> int:
@@ -105,10 +116,7 @@ def artifact_files(artifact: Path, manifest: dict) -> list[Path]:
     """Every file the manifest names that exists (what --cold drops from the page cache)."""
     files = [artifact / manifest[k]["path"] for k in ("tokenizer", "embedding", "routers", "compressed_experts")
              if k in manifest]
-    peer = manifest.get("peer", {})
-    for e in peer.get("layers", {}).values():
-        files += [artifact / e["path"], artifact / e["page_sha256"]["path"]]
-    files += [artifact / peer["scales"]["path"]] if "scales" in peer else []
+    files += [artifact / e["path"] for e in peer_files(manifest)]
     for section in manifest["backends"].values():
         files += [artifact / f["path"] for f in section["backbone"]["files"]]
         files += [artifact / e["path"] for e in section["experts"]]

@@ -110,12 +110,8 @@ class RowCache:
             block, rows = np.concatenate(blocks), np.concatenate(rows)
             asked = np.isin(rows, missing, assume_unique=True)
             neighbours = np.flatnonzero(~asked & (slot_of[rows] < 0))[:len(self.free) - len(missing)]
-            for which, stamp in ((np.flatnonzero(asked), self.tick), (neighbours, 0)):
-                new = np.array([self.free.pop() for _ in range(len(which))], np.int64)
-                slot_of[rows[which]] = new
-                self.owner[new, 0], self.owner[new, 1] = layer, rows[which]
-                self.stamp[new] = stamp
-                self.slab[new, :rb] = block[which]
+            self._place(layer, rows[asked], block[asked], self.tick)
+            self._place(layer, rows[neighbours], block[neighbours], 0)
         self.peak_bytes = max(self.peak_bytes, self.bytes)
         return self.slab[slot_of[ids], :rb]
 
@@ -129,14 +125,17 @@ class RowCache:
                     break
                 block = np.frombuffer(self._read(layer, first, min(chunk_pages, pages - first)), np.uint8)
                 block = block.reshape(-1, rb)[:len(self.free)]
-                rows = np.arange(first * per, first * per + len(block))
-                new = np.array([self.free.pop() for _ in range(len(rows))], np.int64)
-                self.slot_of[layer][rows] = new
-                self.owner[new, 0], self.owner[new, 1] = layer, rows
-                self.stamp[new] = 0
-                self.slab[new, :rb] = block
+                self._place(layer, np.arange(first * per, first * per + len(block)), block, 0)
         self.peak_bytes = self.bytes
         self.rows_used = self.hits = self.misses = self.pages_read = self.bytes_read = 0
+
+    def _place(self, layer: int, rows: np.ndarray, records: np.ndarray, stamp: int):
+        """Put `records` of `rows` into free slots, last used at `stamp` (0: never used)."""
+        new = np.array([self.free.pop() for _ in range(len(rows))], np.int64)
+        self.slot_of[layer][rows] = new
+        self.owner[new, 0], self.owner[new, 1] = layer, rows
+        self.stamp[new] = stamp
+        self.slab[new, :records.shape[1]] = records
 
     def _evict(self, n: int):
         victims = np.argpartition(self.stamp, n - 1)[:n]  # the n least recent (free slots are stamped FREE)
