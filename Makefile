@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
+NATIVE := CMakeLists.txt $(wildcard native/include/*.h native/src/* native/python/*)
 CORPUS := /usr/share/doc/python3.11/html/_sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MODEL := models/cosmoe-default.pt
@@ -13,16 +14,27 @@ ARTIFACT := artifact
 PROMPT ?= The list type is
 BUDGET ?= 50%
 
-.PHONY: setup corpus demo demo-smollm test lint clean apk
+.PHONY: setup corpus native-deps demo demo-smollm test lint clean apk
 
 setup: $(STAMP) corpus
 
-$(STAMP): pyproject.toml
+# the native core (native/) compiles against executorch's C++ SDK, so executorch and the build tools go in
+# first and the package builds in this environment (--no-build-isolation); its build fails loudly here
+$(STAMP): pyproject.toml $(NATIVE) | native-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[all,dev]'
+	$(BIN)/pip install -q executorch==1.5.1 scikit-build-core==1.1.2 nanobind==3.1.0 cmake==4.4.5 ninja==1.13.2
+	$(BIN)/pip install -q --no-build-isolation -e '.[all,dev]'
+	@$(BIN)/python -c "import cosmoe_edge.runtime._native" || { echo "make setup: the native core did not build (see the CMake warning above)"; exit 1; }
 	touch $@
+
+# a C++17 compiler and OpenSSL's libcrypto headers (sha256 of each file the core opens)
+native-deps:
+	@test -f /usr/include/openssl/evp.h && command -v g++ >/dev/null || { echo "installing g++ and libssl-dev (the native core's build)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q g++ libssl-dev >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q g++ libssl-dev; }; }
 
 # the default training corpus: Debian's Python documentation sources (PSF License 2.0)
 corpus:
@@ -74,4 +86,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) artifact runs bench-results
+	rm -rf $(VENV) artifact runs bench-results build

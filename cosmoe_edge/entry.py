@@ -49,5 +49,11 @@ def edge_eval():  # like edge-run: the runtime checks the backend's extra itself
     app()
 
 
+def edge_prepare():  # the native core, built with the package; it says itself when it is not
+    from cosmoe_edge.runtime.prepare_cli import app
+
+    app()
+
+
 def edge_bench():
     _launch("edge-bench", "bench", ("matplotlib", "yaml"), "cosmoe_edge.bench.cli")

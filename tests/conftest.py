@@ -61,3 +61,14 @@ def int4_artifact(tmp_path_factory, tiny_model) -> Path:
 def int8_onnx_artifact(tmp_path_factory, tiny_model) -> Path:
     """ONNX experts in the weights form (export/expert_weights.py)."""
     return _export(tmp_path_factory, tiny_model, "int8", ["onnx"])
+
+
+@pytest.fixture(scope="session")
+def shipped_executorch_artifact(tmp_path_factory) -> Path:
+    """The shipped model exported as make_conformance.py's docstring says (executorch, int4 with an int8 head, no verify)."""
+    from cosmoe_edge.export.artifact import export_artifact
+
+    out = tmp_path_factory.mktemp("shipped") / "artifact"
+    export_artifact(Path(__file__).resolve().parents[1] / "models" / "cosmoe-default.pt", out, "int4", 32, ["executorch"],
+                    jobs=2, verify=False, head_quant="int8")
+    return out

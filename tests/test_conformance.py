@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from tokenizers import Tokenizer
 
 from cosmoe_edge.errors import ArtifactError
@@ -236,14 +235,3 @@ def test_committed_vectors_are_what_make_conformance_writes_today(shipped_execut
             diff = same(json.loads((tmp_path / name).read_text()), vectors(name), name)
             assert not diff, (f"{len(diff)} differences; rerun scripts/make_conformance.py "
                               f"(see its docstring) and commit: " + "; ".join(diff[:5]))
-
-
-@pytest.fixture(scope="session")
-def shipped_executorch_artifact(tmp_path_factory) -> Path:
-    """The shipped model exported as make_conformance.py's docstring says (executorch, int4 with an int8 head, no verify)."""
-    from cosmoe_edge.export.artifact import export_artifact
-
-    out = tmp_path_factory.mktemp("shipped") / "artifact"
-    export_artifact(ROOT / "models" / "cosmoe-default.pt", out, "int4", 32, ["executorch"], jobs=2, verify=False,
-                    head_quant="int8")
-    return out

@@ -18,8 +18,9 @@ def onnx_venv(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("install")
     src = d / "src"  # a copy of what the distribution is built from, so the build leaves the checkout clean
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "CMakeLists.txt"):
         shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "native", src / "native")  # the native core's sources: built only beside executorch
     shutil.copytree(ROOT / "cosmoe_edge", src / "cosmoe_edge", ignore=shutil.ignore_patterns("__pycache__"))
     venv = d / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -227,7 +227,7 @@ def test_command_line_parses_back_into_the_same_options():
 
 
 def full_report(**change) -> dict:
-    values = dict(backend="onnx", quant="int4", prompt_tokens=4, generated_tokens=8, text="x", ttft_ms=1.0,
+    values = dict(backend="onnx", engine="python", quant="int4", prompt_tokens=4, generated_tokens=8, text="x", ttft_ms=1.0,
                   prefill_tokens_per_s=1.0, decode_tokens_per_s=1.0, token_latency_ms=rep.latency_summary([1, 2]),
                   load_ms=1.0, runtime_import_ms=0.0, peak_rss_bytes=1, rss_after_load_bytes=1, storage_read_bytes=0,
                   memory_budget_bytes=1, expert_bytes_total=1, resident_expert_bytes_peak=1, expert_hits=1,

@@ -44,7 +44,7 @@ def main():
     ttft = (stamps[0] - start) / 1e6
     # every expert is in memory and none is loaded: the expert figures are those of an all-resident run
     report = make_report(
-        backend="eager", quant="fp32", prompt_tokens=len(ids), generated_tokens=len(out), text=tok.decode(out),
+        backend="eager", engine="eager", quant="fp32", prompt_tokens=len(ids), generated_tokens=len(out), text=tok.decode(out),
         ttft_ms=ttft, prefill_tokens_per_s=len(ids) / (ttft / 1e3),
         decode_tokens_per_s=len(step_ns) / (step_ns.sum() / 1e9) if len(step_ns) else 0.0,
         token_latency_ms=latency_summary(step_ns), load_ms=load_ms, runtime_import_ms=import_ms,

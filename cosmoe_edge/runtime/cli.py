@@ -63,6 +63,12 @@ def main(
     cache_bias: Annotated[float, typer.Option(help="Add this to the router logits of resident experts before the "
                                                    "top-k (cache-aware routing; 0: off). Weights stay unbiased.")]
     = RunOptions.cache_bias,
+    engine: Annotated[str | None, typer.Option(help="Which decode loop runs: native (the C++ core on ExecuTorch's "
+                                                    "runtime, no torch; the default for executorch) or python (the "
+                                                    "reference engine; the default for onnx).")] = None,
+    packed_cache: Annotated[bool, typer.Option(help="native: map XNNPACK's packed weights from the cache edge-prepare "
+                                                    "wrote for this device, instead of packing each expert as it "
+                                                    "loads.")] = True,
 ):
     from cosmoe_edge.runtime.backends import silenced_stderr
     from cosmoe_edge.runtime.run import run
@@ -72,15 +78,30 @@ def main(
                              cache_policy=cache_policy, prefetch=prefetch, temperature=temperature, top_k=top_k,
                              top_p=top_p, seed=seed, cold=cold, verify=verify, threads=threads, preload=preload,
                              experts_per_token=experts_per_token, on_miss=on_miss, skip_below=skip_below,
-                             cache_bias=cache_bias)
+                             cache_bias=cache_bias, engine=engine, packed_cache=packed_cache)
+        note = None
+        if options.check().engine in (None, "native") and backend == "executorch" and packed_cache:
+            note = packed_cache_note(artifact)  # a damaged prepared cache fails here, before the run
         with silenced_stderr():  # the runtimes' C++ log lines; what goes wrong reaches us as an exception
             result = run(artifact, options, stream=sys.stdout)
+        if note:
+            print(f"edge-run: {note}", file=sys.stderr)
     except EdgeError as e:
         fail(str(e))
     if report is not None:
         report.write_text(json.dumps(result, indent=1))
     if not quiet:
         print_metrics(result)
+
+
+def packed_cache_note(artifact: Path) -> str | None:
+    """What to say when the native engine runs without a prepared cache (edge-prepare), and why; None with one."""
+    from cosmoe_edge.runtime.manifest import load_manifest
+    from cosmoe_edge.runtime.prepare import status
+
+    load_manifest(artifact)  # a missing or foreign folder is said in the run's own words
+    path, line = status(artifact)
+    return None if path else line
 
 
 def command(artifact, options: RunOptions, report=None, quiet: bool = True, module: str = "cosmoe_edge.runtime.cli",

@@ -42,6 +42,9 @@ def main(
                                                    "dropped.")] = RunOptions.skip_below,
     cache_bias: Annotated[float, typer.Option(help="Added to resident experts' router logits (as edge-run).")]
     = RunOptions.cache_bias,
+    engine: Annotated[str | None, typer.Option(help="native or python (as edge-run).")] = RunOptions.engine,
+    packed_cache: Annotated[bool, typer.Option(help="native: use edge-prepare's packed-weights cache.")]
+    = RunOptions.packed_cache,
     report: Annotated[Path | None, typer.Option(help="Write the result here as JSON.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ):
@@ -60,7 +63,7 @@ def main(
         options = RunOptions(prompt=body or "-", backend=backend, memory_budget=memory_budget,
                              cache_policy=cache_policy, prefetch=prefetch, cold=cold, verify=verify, threads=threads,
                              preload=preload, experts_per_token=experts_per_token, on_miss=on_miss,
-                             skip_below=skip_below, cache_bias=cache_bias)
+                             skip_below=skip_below, cache_bias=cache_bias, engine=engine, packed_cache=packed_cache)
         with Progress(TextColumn("edge-eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       disable=quiet, transient=True) as bar, silenced_stderr():
             task = bar.add_task("eval", total=None)

@@ -47,6 +47,8 @@ class RunOptions:
     on_miss: str = Selection.on_miss  # wait, compressed or skip (runtime/selection.py)
     skip_below: float = Selection.skip_below
     cache_bias: float = Selection.cache_bias
+    engine: str | None = None  # native or python; None: native for executorch, python for onnx
+    packed_cache: bool = True  # native: use edge-prepare's packed-weights cache when there is one
 
     def check(self) -> "RunOptions":
         """Raise RequestError for what no artifact could serve."""
@@ -61,6 +63,8 @@ class RunOptions:
             raise RequestError("--max-new-tokens must be at least 1", "bad_option")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise RequestError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0", "bad_option")
+        if self.engine not in (None, "native", "python"):
+            raise RequestError(f"unknown --engine {self.engine!r}; choose native or python", "bad_option")
         if self.threads < 1:
             raise RequestError("--threads must be at least 1", "bad_option")
         check_choices(self.experts_per_token, self.on_miss, self.skip_below, self.cache_bias)

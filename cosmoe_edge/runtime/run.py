@@ -11,7 +11,9 @@ from cosmoe_edge.runtime.engine import Engine
 from cosmoe_edge.runtime.generate import Sampler, generate
 from cosmoe_edge.runtime.manifest import artifact_files, backend_section, check_file, lazy_bytes, load_manifest
 from cosmoe_edge.runtime.metrics import drop_page_cache, peak_rss_bytes, process_id, rss_bytes, storage_read_bytes
+from cosmoe_edge.runtime.native import NativeEngine, core, default_engine
 from cosmoe_edge.runtime.options import RunOptions, parse_budget
+from cosmoe_edge.runtime.prepare import prepared_cache
 from cosmoe_edge.runtime.report import latency_summary, make_report
 from cosmoe_edge.runtime.rows import rows_report
 from cosmoe_edge.runtime.selection import report_entry
@@ -21,18 +23,30 @@ from cosmoe_edge.runtime.text import TextStream
 def open_engine(artifact: Path, manifest: dict, o: RunOptions, on_cache_event=None) -> tuple[Engine, float, float]:
     """The engine `o` asks for, and the milliseconds spent importing the runtime and opening the artifact."""
     section = backend_section(manifest, o.backend)  # a backend the artifact lacks fails before any import
+    native = engine_name(o) == "native"
     t = time.perf_counter_ns()
-    import_runtime(o.backend, o.threads)
+    if native:
+        core()  # the C++ core and ExecuTorch's libraries: no torch
+    else:
+        import_runtime(o.backend, o.threads)
     import_ms = (time.perf_counter_ns() - t) / 1e6
     t = time.perf_counter_ns()
     budget = parse_budget(o.memory_budget, lazy_bytes(manifest, section))
-    engine = Engine(artifact, o.backend, budget_bytes=budget, policy=o.cache_policy, verify=o.verify,
-                    prefetch=o.prefetch, threads=o.threads, on_cache_event=on_cache_event,
-                    experts_per_token=o.experts_per_token, on_miss=o.on_miss, skip_below=o.skip_below,
-                    cache_bias=o.cache_bias)
+    kwargs = dict(budget_bytes=budget, policy=o.cache_policy, verify=o.verify, prefetch=o.prefetch, threads=o.threads,
+                  on_cache_event=on_cache_event, experts_per_token=o.experts_per_token, on_miss=o.on_miss,
+                  skip_below=o.skip_below, cache_bias=o.cache_bias)
+    if native:
+        engine = NativeEngine(artifact, o.backend, packed_cache=prepared_cache(artifact) if o.packed_cache else None,
+                              **kwargs)
+    else:
+        engine = Engine(artifact, o.backend, **kwargs)
     if o.preload:
         engine.preload()
     return engine, import_ms, (time.perf_counter_ns() - t) / 1e6
+
+
+def engine_name(o: RunOptions) -> str:
+    return o.engine or default_engine(o.backend)
 
 
 def load_tokenizer(artifact: Path, manifest: dict, verify: bool) -> Tokenizer:
@@ -86,7 +100,7 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
     c = engine.cache
     decode_s = sum(timings.token_ns) / 1e9
     return make_report(
-        backend=o.backend, quant=manifest["quant"]["scheme"],
+        backend=o.backend, engine=engine_name(o), quant=manifest["quant"]["scheme"],
         prompt_tokens=len(prompt_ids), generated_tokens=len(ids), text=tokenizer.decode(ids),
         ttft_ms=timings.ttft_ms,
         prefill_tokens_per_s=len(prompt_ids) / (timings.prefill_ns / 1e9) if timings.prefill_ns else 0.0,

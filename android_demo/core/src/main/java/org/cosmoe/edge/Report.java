@@ -13,7 +13,7 @@ import java.util.Map;
  */
 public final class Report {
     /** report.schema.json's report_version. */
-    public static final int VERSION = 4;
+    public static final int VERSION = 5;
 
     public String backend;
     public String quant;
@@ -97,6 +97,7 @@ public final class Report {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("report_version", VERSION);
         m.put("backend", backend);
+        m.put("engine", "java");
         m.put("quant", quant);
         m.put("prompt_tokens", promptTokens);
         m.put("generated_tokens", generatedTokens);

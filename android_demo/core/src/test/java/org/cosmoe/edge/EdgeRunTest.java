@@ -22,7 +22,7 @@ import java.util.List;
 /** A whole edge-run on a synthetic artifact: streamed text, stop, and the report's keys. */
 public class EdgeRunTest {
     /** cosmoe_edge/runtime/run.py's report keys, in its order. */
-    private static final List<String> KEYS = Arrays.asList("backend", "quant", "prompt_tokens", "generated_tokens",
+    private static final List<String> KEYS = Arrays.asList("backend", "engine", "quant", "prompt_tokens", "generated_tokens",
             "text", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "token_latency_ms", "load_ms",
             "peak_rss_bytes", "rss_after_load_bytes", "storage_read_bytes", "memory_budget_bytes", "expert_bytes_total",
             "resident_expert_bytes_peak", "expert_hits", "expert_misses", "expert_evictions", "expert_hit_rate",
@@ -120,7 +120,7 @@ public class EdgeRunTest {
         assertEquals(Arrays.asList("expert_hits should be integer, is 1.5"), ReportSchema.problems(wrongType));
         JsonObject version = ok.deepCopy();
         version.addProperty("report_version", 1);
-        assertEquals(Arrays.asList("report_version should be 4, is 1"), ReportSchema.problems(version));
+        assertEquals(Arrays.asList("report_version should be 5, is 1"), ReportSchema.problems(version));
         JsonObject reordered = new JsonObject();
         reordered.add("quant", ok.get("quant"));
         for (String k : ok.keySet()) {

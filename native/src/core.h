@@ -1,0 +1,153 @@
+// The core's internals: what the C API (c_api.cpp) wraps. Errors are thrown as Failure and turned into a
+// ce_status and one line at the C boundary.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cosmoe_edge.h"
+
+namespace executorch::extension {
+class Module;
+}
+
+namespace ce {
+
+struct Failure {
+  ce_status status;
+  std::string kind, message;
+};
+[[noreturn]] void fail_artifact(const std::string& kind, const std::string& message);
+[[noreturn]] void fail_request(const std::string& kind, const std::string& message);
+void set_last_error(const Failure& f);  // what ce_last_error() says next (thread-local)
+
+// ---- files and programs (programs.cpp) ----
+std::string sha256_file(const std::string& path);
+// The file's path after checking its size (always) and sha256 (with verify): runtime/manifest.py check_file.
+std::string check_file(const std::string& artifact, const ce_file& f, bool verify);
+void check_pte_header(const std::string& path);  // runtime/backends.py check_pte_header
+void set_threads(int threads);
+void save_packed_cache();  // XNNPACK writes the packed weights it holds to its packed_cache file
+
+struct Backend {  // what every program of a model is loaded with
+  int threads = 1;
+  std::string packed_cache;  // XNNPACK packed-weights cache, or empty
+};
+
+// An ExecuTorch program (.pte, XNNPACK delegate) with its method "forward" loaded, mapped from storage.
+class Program {
+ public:
+  Program(const std::string& path, const Backend& backend, bool check_header);
+  ~Program();
+  // inputs: float32 arrays with their shapes; outputs copied into `out` (one vector per output)
+  struct Input {
+    const float* data;
+    std::vector<int32_t> shape;
+  };
+  void run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out);
+  // the first output only, written to `dst` (n floats expected)
+  void run_into(const std::vector<Input>& inputs, float* dst, size_t n);
+
+ private:
+  std::string name_;
+  std::unique_ptr<executorch::extension::Module> module_;
+};
+
+// ---- dispatch (dispatch.cpp) ----
+using Key = int32_t;  // layer * num_experts + expert
+
+class Policy {
+ public:
+  Policy(int n_layers, int num_experts) : n_layers_(n_layers), num_experts_(num_experts) {}
+  virtual ~Policy() = default;
+  virtual bool keeps() const { return true; }
+  virtual void request(Key) {}
+  virtual void touch(Key k);
+  void arrived(Key k);
+  void forget(Key k);
+  virtual Key victim(const std::vector<Key>& candidates) = 0;
+
+ protected:
+  int rank(Key k) const;  // place in the recency order, 0 the oldest; -1: none
+  int n_layers_, num_experts_;
+  std::list<Key> order_;  // oldest first
+  std::unordered_map<Key, std::list<Key>::iterator> where_;
+};
+std::unique_ptr<Policy> make_policy(const std::string& name, int n_layers, int num_experts);
+
+// What a cache holds for a resident expert; released when evicted.
+struct Resident {
+  virtual ~Resident() = default;
+};
+
+// Resident experts under a byte budget: runtime/cache.py ExpertCache (no promotion: that is ONNX's weights form).
+class Cache {
+ public:
+  using Loader = std::function<std::unique_ptr<Resident>(Key)>;
+  Cache(std::vector<int64_t> costs, int n_layers, int num_experts, int64_t budget, const std::string& policy,
+        Loader load);
+  bool is_resident(Key k);
+  Resident* get(Key k, const std::vector<Key>& pinned);
+  bool prefetch(Key k, const std::vector<Key>& pinned);
+  int fill(const std::vector<Key>& keys);
+  void reset_counters();
+  void release_all();
+  int64_t cost(Key k) const { return costs_[k]; }
+
+  ce_event_fn on_event = nullptr;
+  void* event_user = nullptr;
+  int64_t budget, bytes = 0, peak_bytes = 0, hits = 0, misses = 0, evictions = 0, prefetch_useful = 0;
+
+ private:
+  void event(ce_event kind, Key k);
+  void make_room(int64_t cost, const std::vector<Key>& pinned);
+  void insert(Key k, std::unique_ptr<Resident> r);
+  void evict(Key k);
+  std::vector<int64_t> costs_;  // per key, -1: not in the artifact
+  int num_experts_;
+  std::unique_ptr<Policy> policy_;
+  Loader load_;
+  std::vector<Key> order_;  // resident keys in the order they came (the candidates' order)
+  std::unordered_map<Key, std::unique_ptr<Resident>> resident_;
+  std::unordered_map<Key, std::shared_ptr<std::promise<void>>> loading_;
+  std::unordered_map<Key, std::shared_future<void>> loading_done_;
+  std::vector<bool> prefetched_;
+  std::mutex mu_;
+};
+
+struct Selection {
+  int experts_per_token;
+  std::string on_miss = "wait";
+  float skip_below = 0.5f, cache_bias = 0.0f;
+  bool needs_residency() const { return on_miss != "wait" || cache_bias != 0.0f; }
+};
+
+struct Counts {
+  int64_t experts_run = 0, compressed = 0, misses_compressed = 0, misses_skipped = 0, bias_changed = 0;
+};
+
+// runtime/routing.py route for one row: experts by descending p (ties to the lower id), weights
+void route_row(const float* logits, int E, int top_k, bool renorm, int32_t* experts, float* weights);
+void softmax_row(const float* x, int n, float* out);
+float numpy_sum(const float* a, int n);  // numpy's pairwise float32 sum, so weights match the reference
+void route_cmoe(const float* scores, int T, int E, int top_k, const float* bias, const float* scale, int32_t* experts,
+                float* weights);
+// runtime/selection.py select; returns whether theta was written
+bool select(const float* logits, int T, int E, int top_k, bool renorm, const Selection& s, const float* vectors, int D,
+            const uint8_t* resident, float sticky_delta, float* sticky_prev, int32_t* experts, float* weights,
+            float* theta, Counts& counts);
+
+void rope_row(int head_dim, double theta, int pos, float* cos_row, float* sin_row);
+void attention_mask(int pos0, int n_new, int rep, float* out);
+
+}  // namespace ce

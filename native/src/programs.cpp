@@ -1,0 +1,201 @@
+// Files and programs: size and sha256 checks as runtime/manifest.py does them, the .pte header check of
+// runtime/backends.py, and ExecuTorch programs through its Module with the mmap data loader.
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/backend/options.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include "core.h"
+
+// libexecutorch_threadpool.so exports the process-wide pool XNNPACK runs on, but the wheel ships no header
+// for it: these declarations match its exported symbols (extension/threadpool/threadpool.h in ExecuTorch).
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+namespace ce {
+
+using executorch::extension::Module;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using Verification = executorch::runtime::Program::Verification;
+
+void fail_artifact(const std::string& kind, const std::string& message) {
+  throw Failure{CE_ERR_ARTIFACT, kind, message};
+}
+void fail_request(const std::string& kind, const std::string& message) {
+  throw Failure{CE_ERR_REQUEST, kind, message};
+}
+
+static std::string base_name(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string sha256_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<unsigned char> buf(1 << 20);
+  ssize_t n;
+  while ((n = ::read(fd, buf.data(), buf.size())) > 0) EVP_DigestUpdate(ctx, buf.data(), size_t(n));
+  ::close(fd);
+  unsigned char digest[32];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, digest, &len);
+  EVP_MD_CTX_free(ctx);
+  char hex[65];
+  for (int i = 0; i < 32; i++) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  return std::string(hex, 64);
+}
+
+std::string check_file(const std::string& artifact, const ce_file& f, bool verify) {
+  std::string path = artifact + "/" + f.path;
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+    fail_artifact("missing_file", "missing file " + std::string(f.path) + " in " + artifact);
+  if (st.st_size != f.bytes)
+    fail_artifact("size_mismatch", std::string(f.path) + " is " + std::to_string(st.st_size) +
+                                       " bytes, the manifest says " + std::to_string(f.bytes) +
+                                       ": truncated or replaced file");
+  if (verify && sha256_file(path) != f.sha256)
+    fail_artifact("sha_mismatch", std::string(f.path) + " does not match its sha256 in the manifest: corrupt file");
+  return path;
+}
+
+static uint32_t u32(const unsigned char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+static uint64_t u64(const unsigned char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+void check_pte_header(const std::string& path) {
+  auto bad = [&](const std::string& why) {
+    fail_artifact("corrupt_program",
+                  "cannot load " + base_name(path) + ": corrupt or truncated ExecuTorch program (" + why + ")");
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail_artifact("missing_file", "missing file " + path);
+  struct stat st;
+  ::fstat(fd, &st);
+  unsigned char head[40];
+  ssize_t got = ::pread(fd, head, sizeof head, 0);
+  ::close(fd);
+  uint64_t size = uint64_t(st.st_size);
+  if (got < 40) bad("shorter than its header");
+  if (std::memcmp(head + 4, "ET12", 4) != 0) bad("file identifier is not ET12");
+  if (std::memcmp(head + 8, "eh00", 4) != 0) bad("no extended header");
+  uint64_t root = u32(head), header_len = u32(head + 12), program_size = u64(head + 16),
+           segment_base = u64(head + 24), segment_size = header_len >= 32 ? u64(head + 32) : 0;
+  if (header_len < 24 || !(8 + header_len <= root && root < program_size && program_size <= size))
+    bad("header sizes do not fit the file");
+  if (segment_base && !(program_size <= segment_base && segment_base <= segment_base + segment_size &&
+                        segment_base + segment_size <= size))
+    bad("segment table does not fit the file");
+}
+
+void set_threads(int threads) {
+  executorch::runtime::runtime_init();
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  if (pool != nullptr && pool->get_thread_count() != size_t(threads)) pool->_unsafe_reset_threadpool(uint32_t(threads));
+}
+
+static std::string error_text(Error e);
+
+void save_packed_cache() {
+  executorch::runtime::BackendOptions<1> save;
+  save.set_option("save_weight_cache_on_disk", true);
+  Error e = executorch::runtime::set_option("XnnpackBackend", save.view());
+  if (e != Error::Ok) fail_artifact("packed_cache", "XNNPACK could not write its packed-weights cache (" + error_text(e) + ")");
+}
+
+static std::string error_text(Error e) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "ExecuTorch error 0x%x", unsigned(e));
+  return buf;
+}
+
+Program::Program(const std::string& path, const Backend& backend, bool check_header) : name_(base_name(path)) {
+  if (check_header) check_pte_header(path);
+  // Mmap: the program's bytes stay in the page cache and leave with the mapping; nothing is copied to the heap
+  module_ = std::make_unique<Module>(path, Module::LoadMode::Mmap);
+  executorch::runtime::LoadBackendOptionsMap options;
+  executorch::runtime::BackendOptions<4> xnnpack;
+  if (!backend.packed_cache.empty()) {
+    // XNNPACK keeps packed weights keyed by the sha256 of their bytes in one file mapped from storage: a
+    // load then maps packed bytes instead of packing them (edge-prepare writes it)
+    xnnpack.set_option("weight_cache_enabled", true);
+    xnnpack.set_option("packed_cache_path", backend.packed_cache.c_str());
+    options.set_options("XnnpackBackend", xnnpack.view());
+  }
+  Error e = backend.packed_cache.empty() ? module_->load(Verification::InternalConsistency)
+                                         : module_->load(options, Verification::InternalConsistency);
+  if (e == Error::Ok) e = module_->load_method("forward");
+  if (e != Error::Ok)
+    fail_artifact("corrupt_program",
+                  "cannot load " + name_ + ": corrupt or truncated ExecuTorch program (" + error_text(e) + ")");
+}
+
+Program::~Program() = default;
+
+void Program::run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out) {
+  std::vector<executorch::extension::TensorPtr> tensors;
+  std::vector<EValue> values;
+  tensors.reserve(inputs.size());
+  for (const auto& in : inputs) {
+    std::vector<executorch::aten::SizesType> sizes(in.shape.begin(), in.shape.end());
+    tensors.push_back(executorch::extension::from_blob(const_cast<float*>(in.data), std::move(sizes)));
+    values.emplace_back(*tensors.back());
+  }
+  auto result = module_->execute("forward", values);
+  if (!result.ok())
+    fail_artifact("program_failed", name_ + " failed to run: corrupt program or wrong inputs (" +
+                                        error_text(result.error()) + ")");
+  out.resize(result->size());
+  for (size_t i = 0; i < result->size(); i++) {
+    const auto& t = (*result)[i].toTensor();  // in the method's planned memory: its next call overwrites it
+    const float* p = t.const_data_ptr<float>();
+    out[i].assign(p, p + t.numel());
+  }
+}
+
+void Program::run_into(const std::vector<Input>& inputs, float* dst, size_t n) {
+  std::vector<executorch::extension::TensorPtr> tensors;
+  std::vector<EValue> values;
+  for (const auto& in : inputs) {
+    std::vector<executorch::aten::SizesType> sizes(in.shape.begin(), in.shape.end());
+    tensors.push_back(executorch::extension::from_blob(const_cast<float*>(in.data), std::move(sizes)));
+    values.emplace_back(*tensors.back());
+  }
+  auto result = module_->execute("forward", values);
+  if (!result.ok())
+    fail_artifact("program_failed", name_ + " failed to run: corrupt program or wrong inputs (" +
+                                        error_text(result.error()) + ")");
+  const auto& t = (*result)[0].toTensor();
+  if (size_t(t.numel()) != n)
+    fail_artifact("program_failed", name_ + " failed to run: corrupt program or wrong inputs (output of " +
+                                        std::to_string(t.numel()) + " values, expected " + std::to_string(n) + ")");
+  std::memcpy(dst, t.const_data_ptr<float>(), n * sizeof(float));
+}
+
+}  // namespace ce
