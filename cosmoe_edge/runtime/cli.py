@@ -80,8 +80,8 @@ def main(
                              experts_per_token=experts_per_token, on_miss=on_miss, skip_below=skip_below,
                              cache_bias=cache_bias, engine=engine, packed_cache=packed_cache)
         note = None
-        if options.check().engine in (None, "native") and backend == "executorch" and packed_cache:
-            note = packed_cache_note(artifact)  # a damaged prepared cache fails here, before the run
+        if options.check().engine != "python" and backend == "executorch" and packed_cache:
+            note = packed_cache_note(artifact, options.engine)  # a damaged prepared cache fails here, before the run
         with silenced_stderr():  # the runtimes' C++ log lines; what goes wrong reaches us as an exception
             result = run(artifact, options, stream=sys.stdout)
         if note:
@@ -94,12 +94,15 @@ def main(
         print_metrics(result)
 
 
-def packed_cache_note(artifact: Path) -> str | None:
+def packed_cache_note(artifact: Path, engine: str | None) -> str | None:
     """What to say when the native engine runs without a prepared cache (edge-prepare), and why; None with one."""
     from cosmoe_edge.runtime.manifest import load_manifest
+    from cosmoe_edge.runtime.native import default_engine
     from cosmoe_edge.runtime.prepare import status
 
-    load_manifest(artifact)  # a missing or foreign folder is said in the run's own words
+    manifest = load_manifest(artifact)  # a missing or foreign folder is said in the run's own words
+    if (engine or default_engine("executorch", manifest)) != "native":
+        return None
     path, line = status(artifact)
     return None if path else line
 

@@ -34,9 +34,10 @@ def core():
     return _native
 
 
-def default_engine(backend: str) -> str:
-    """ExecuTorch runs natively by default; the ONNX path has no native backend yet."""
-    return "native" if backend == "executorch" else "python"
+def default_engine(backend: str, manifest: dict) -> str:
+    """ExecuTorch runs natively by default; the ONNX path and PEER layers are not in the core yet, and run on the
+    Python engine (the report's `engine` says which ran)."""
+    return "native" if backend == "executorch" and "peer" not in manifest else "python"
 
 
 def embedding_layout(path: Path) -> tuple[int, int, bool]:

@@ -23,7 +23,7 @@ from cosmoe_edge.runtime.text import TextStream
 def open_engine(artifact: Path, manifest: dict, o: RunOptions, on_cache_event=None) -> tuple[Engine, float, float]:
     """The engine `o` asks for, and the milliseconds spent importing the runtime and opening the artifact."""
     section = backend_section(manifest, o.backend)  # a backend the artifact lacks fails before any import
-    native = engine_name(o) == "native"
+    native = engine_name(o, manifest) == "native"
     t = time.perf_counter_ns()
     if native:
         core()  # the C++ core and ExecuTorch's libraries: no torch
@@ -45,8 +45,8 @@ def open_engine(artifact: Path, manifest: dict, o: RunOptions, on_cache_event=No
     return engine, import_ms, (time.perf_counter_ns() - t) / 1e6
 
 
-def engine_name(o: RunOptions) -> str:
-    return o.engine or default_engine(o.backend)
+def engine_name(o: RunOptions, manifest: dict) -> str:
+    return o.engine or default_engine(o.backend, manifest)
 
 
 def load_tokenizer(artifact: Path, manifest: dict, verify: bool) -> Tokenizer:
@@ -100,7 +100,7 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
     c = engine.cache
     decode_s = sum(timings.token_ns) / 1e9
     return make_report(
-        backend=o.backend, engine=engine_name(o), quant=manifest["quant"]["scheme"],
+        backend=o.backend, engine=engine_name(o, manifest), quant=manifest["quant"]["scheme"],
         prompt_tokens=len(prompt_ids), generated_tokens=len(ids), text=tokenizer.decode(ids),
         ttft_ms=timings.ttft_ms,
         prefill_tokens_per_s=len(prompt_ids) / (timings.prefill_ns / 1e9) if timings.prefill_ns else 0.0,
