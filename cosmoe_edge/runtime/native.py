@@ -122,8 +122,6 @@ class NativeEngine:
         self.session.reset()
 
     def forward(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
-        if len(ids) + self.session.stats()["position"] > self.max_seq_len:
-            raise RequestError(f"sequence would exceed the model's {self.max_seq_len} positions", "too_long")
         return self.session.forward([int(i) for i in ids], all_logits)
 
     def preload(self):

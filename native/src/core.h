@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -19,6 +20,9 @@
 
 namespace executorch::extension {
 class Module;
+}
+namespace executorch::runtime {
+class EValue;
 }
 
 namespace ce {
@@ -30,6 +34,22 @@ struct Failure {
 [[noreturn]] void fail_artifact(const std::string& kind, const std::string& message);
 [[noreturn]] void fail_request(const std::string& kind, const std::string& message);
 void set_last_error(const Failure& f);  // what ce_last_error() says next (thread-local)
+
+// Runs f at the C boundary: a Failure (or any std::exception) becomes a ce_status and ce_last_error()'s line.
+template <typename F>
+ce_status guarded(F&& f) {
+  try {
+    f();
+    return CE_OK;
+  } catch (const Failure& e) {
+    set_last_error(e);
+    return e.status;
+  } catch (const std::exception& e) {
+    Failure internal{CE_ERR_INTERNAL, "internal", e.what()};
+    set_last_error(internal);
+    return internal.status;
+  }
+}
 
 // ---- files and programs (programs.cpp) ----
 std::string sha256_file(const std::string& path);
@@ -59,6 +79,7 @@ class Program {
   void run_into(const std::vector<Input>& inputs, float* dst, size_t n);
 
  private:
+  std::vector<executorch::runtime::EValue> execute(const std::vector<Input>& inputs);
   std::string name_;
   std::unique_ptr<executorch::extension::Module> module_;
 };

@@ -10,17 +10,6 @@ struct ce_dispatch {
 };
 
 namespace {
-template <typename F>
-ce_status guarded_part(F&& f) {
-  try {
-    f();
-    return CE_OK;
-  } catch (const Failure& e) {
-    set_last_error(e);
-    return e.status;
-  }
-}
-
 std::vector<Key> pins(const int32_t* pinned, int32_t n, int num_experts) {
   std::vector<Key> out;
   for (int i = 0; i < n; i++) out.push_back(pinned[2 * i] * num_experts + pinned[2 * i + 1]);
@@ -33,7 +22,7 @@ extern "C" {
 ce_status ce_dispatch_open(const int64_t* costs, int32_t n_layers, int32_t num_experts, int64_t budget,
                            const char* policy, ce_event_fn fn, void* user, ce_dispatch** out) {
   *out = nullptr;
-  return guarded_part([&] {
+  return guarded([&] {
     auto d = std::make_unique<ce_dispatch>();
     d->num_experts = num_experts;
     d->cache = std::make_unique<Cache>(std::vector<int64_t>(costs, costs + size_t(n_layers) * num_experts), n_layers,
@@ -46,12 +35,12 @@ ce_status ce_dispatch_open(const int64_t* costs, int32_t n_layers, int32_t num_e
 }
 
 ce_status ce_dispatch_get(ce_dispatch* d, int32_t layer, int32_t expert, const int32_t* pinned, int32_t n_pinned) {
-  return guarded_part([&] { d->cache->get(layer * d->num_experts + expert, pins(pinned, n_pinned, d->num_experts)); });
+  return guarded([&] { d->cache->get(layer * d->num_experts + expert, pins(pinned, n_pinned, d->num_experts)); });
 }
 
 ce_status ce_dispatch_prefetch(ce_dispatch* d, int32_t layer, int32_t expert, const int32_t* pinned,
                                int32_t n_pinned) {
-  return guarded_part(
+  return guarded(
       [&] { d->cache->prefetch(layer * d->num_experts + expert, pins(pinned, n_pinned, d->num_experts)); });
 }
 
@@ -75,7 +64,7 @@ ce_status ce_select(const float* logits, int32_t T, int32_t E, int32_t top_k, in
                     const float* vectors, int32_t dim, const uint8_t* resident, float sticky_delta,
                     float* sticky_prev, int32_t* experts, float* weights, float* theta, int32_t* has_theta,
                     ce_stats* counts) {
-  return guarded_part([&] {
+  return guarded([&] {
     Selection sel{s->experts_per_token, s->on_miss ? s->on_miss : "wait", s->skip_below, s->cache_bias};
     Counts c;
     *has_theta = select(logits, T, E, top_k, renorm != 0, sel, vectors, dim, resident, sticky_delta, sticky_prev,
@@ -99,7 +88,7 @@ void ce_rope_row(int32_t head_dim, double theta, int32_t pos, float* cos_row, fl
 void ce_attention_mask(int32_t pos0, int32_t n_new, int32_t rep, float* out) { attention_mask(pos0, n_new, rep, out); }
 
 ce_status ce_check_pte_header(const char* path) {
-  return guarded_part([&] { check_pte_header(path); });
+  return guarded([&] { check_pte_header(path); });
 }
 
 }  // extern "C"

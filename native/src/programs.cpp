@@ -158,7 +158,8 @@ Program::Program(const std::string& path, const Backend& backend, bool check_hea
 
 Program::~Program() = default;
 
-void Program::run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out) {
+// Runs "forward" on float32 inputs; the outputs live in the method's planned memory until its next call.
+std::vector<EValue> Program::execute(const std::vector<Input>& inputs) {
   std::vector<executorch::extension::TensorPtr> tensors;
   std::vector<EValue> values;
   tensors.reserve(inputs.size());
@@ -171,27 +172,22 @@ void Program::run(const std::vector<Input>& inputs, std::vector<std::vector<floa
   if (!result.ok())
     fail_artifact("program_failed", name_ + " failed to run: corrupt program or wrong inputs (" +
                                         error_text(result.error()) + ")");
-  out.resize(result->size());
-  for (size_t i = 0; i < result->size(); i++) {
-    const auto& t = (*result)[i].toTensor();  // in the method's planned memory: its next call overwrites it
+  return std::move(*result);
+}
+
+void Program::run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out) {
+  auto result = execute(inputs);
+  out.resize(result.size());
+  for (size_t i = 0; i < result.size(); i++) {
+    const auto& t = result[i].toTensor();
     const float* p = t.const_data_ptr<float>();
     out[i].assign(p, p + t.numel());
   }
 }
 
 void Program::run_into(const std::vector<Input>& inputs, float* dst, size_t n) {
-  std::vector<executorch::extension::TensorPtr> tensors;
-  std::vector<EValue> values;
-  for (const auto& in : inputs) {
-    std::vector<executorch::aten::SizesType> sizes(in.shape.begin(), in.shape.end());
-    tensors.push_back(executorch::extension::from_blob(const_cast<float*>(in.data), std::move(sizes)));
-    values.emplace_back(*tensors.back());
-  }
-  auto result = module_->execute("forward", values);
-  if (!result.ok())
-    fail_artifact("program_failed", name_ + " failed to run: corrupt program or wrong inputs (" +
-                                        error_text(result.error()) + ")");
-  const auto& t = (*result)[0].toTensor();
+  auto result = execute(inputs);
+  const auto& t = result[0].toTensor();
   if (size_t(t.numel()) != n)
     fail_artifact("program_failed", name_ + " failed to run: corrupt program or wrong inputs (output of " +
                                         std::to_string(t.numel()) + " values, expected " + std::to_string(n) + ")");

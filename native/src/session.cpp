@@ -312,29 +312,14 @@ void ce_session::prefetch_next(int layer, const std::vector<float>& x, int T) {
 namespace {
 thread_local std::string last_error, last_kind;
 
-ce_status failed(const Failure& f) {
-  last_error = f.message;
-  last_kind = f.kind;
-  return f.status;
-}
 }  // namespace
 
-void ce::set_last_error(const Failure& f) { failed(f); }
-
-namespace {
-
-template <typename F>
-ce_status guarded(F&& f) {
-  try {
-    f();
-    return CE_OK;
-  } catch (const Failure& e) {
-    return failed(e);
-  } catch (const std::exception& e) {
-    return failed({CE_ERR_INTERNAL, "internal", e.what()});
-  }
+void ce::set_last_error(const Failure& f) {
+  last_error = f.message;
+  last_kind = f.kind;
 }
 
+namespace {
 std::string str(const char* s) { return s ? s : ""; }
 
 std::vector<float> copy(const float* a, size_t n) { return a ? std::vector<float>(a, a + n) : std::vector<float>(); }
