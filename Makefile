@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
-NATIVE := CMakeLists.txt $(wildcard native/include/*.h native/src/* native/python/*)
+NATIVE := CMakeLists.txt $(wildcard native/include/*.h native/src/* native/python/* native/tools/*)
 CORPUS := /usr/share/doc/python3.11/html/_sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MODEL := models/cosmoe-default.pt
@@ -26,15 +26,18 @@ $(STAMP): pyproject.toml $(NATIVE) | native-deps
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q executorch==1.5.1 scikit-build-core==1.1.2 nanobind==3.1.0 cmake==4.4.5 ninja==1.13.2
 	$(BIN)/pip install -q --no-build-isolation -e '.[all,dev]'
-	@$(BIN)/python -c "import cosmoe_edge.runtime._native" || { echo "make setup: the native core did not build (see the CMake warning above)"; exit 1; }
+	@$(BIN)/python -c "import cosmoe_edge.runtime._native" && test -x $(BIN)/edge-run-native || { echo "make setup: the native core or edge-run-native did not build (see the CMake warning above)"; exit 1; }
 	touch $@
 
-# a C++17 compiler and OpenSSL's libcrypto headers (sha256 of each file the core opens)
+# a C++17 compiler, OpenSSL's libcrypto headers (sha256 of each file the core opens) and nlohmann/json
+# (edge-run-native reads manifest.json)
+NATIVE_DEBS := g++ libssl-dev nlohmann-json3-dev
 native-deps:
-	@test -f /usr/include/openssl/evp.h && command -v g++ >/dev/null || { echo "installing g++ and libssl-dev (the native core's build)"; \
+	@test -f /usr/include/openssl/evp.h && test -f /usr/include/nlohmann/json.hpp && command -v g++ >/dev/null || \
+	{ echo "installing $(NATIVE_DEBS) (the native core's build)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(SUDO) apt-get install -y -q g++ libssl-dev >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q g++ libssl-dev; }; }
+	  $(SUDO) apt-get install -y -q $(NATIVE_DEBS) >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(NATIVE_DEBS); }; }
 
 # the default training corpus: Debian's Python documentation sources (PSF License 2.0)
 corpus:

@@ -61,6 +61,30 @@ def test_bench_selections_with_quality_draw_the_frontier(int4_artifact, tmp_path
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_bench_engines_are_a_dimension_with_the_same_tokens(int4_artifact, tmp_path):
+    from cosmoe_edge.bench.runs import matrix
+
+    configs = matrix(["a"], ["executorch", "onnx"], ["50%"], ["lru"], [False], False, engines=("native", "python"))
+    # the native core runs ExecuTorch only: no native ONNX rows, and each engine has its own baselines
+    assert {(c.backend, c.engine) for c in configs} == {("executorch", "native"), ("executorch", "python"),
+                                                        ("onnx", "python")}
+    assert sum(c.budget == "all" and c.policy == "lru" for c in configs) == 3
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "cosmoe_edge.bench.cli", str(int4_artifact), "--budgets", "50%", "--backends",
+           "executorch", "--policies", "lru", "--max-new-tokens", "6", "--repeats", "1", "--out", str(out),
+           "--engines", "native,python"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {(row["engine"], row["budget"], row["policy"]): row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {(e, b, p) for e in ("native", "python") for b, p in (("all", "lru"), ("all", "none"), ("50%", "lru"))}
+    for b, p in (("all", "lru"), ("all", "none"), ("50%", "lru")):  # the same tokens and cache counts either way
+        native, python = rows[("native", b, p)], rows[("python", b, p)]
+        assert native["text"] == python["text"] and native["expert_misses"] == python["expert_misses"], (b, p)
+    assert rows[("native", "50%", "lru")]["label"].startswith(f"{int4_artifact.name}/executorch:native/lru")
+    bad = subprocess.run(cmd[:-2] + ["--engines", "java"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--engines must name native, python, host and/or default" in bad.stderr
+
+
 def test_ram_cap_runs_under_a_cgroup_and_records_oom(int4_artifact, tmp_path):
     from cosmoe_edge.bench.ramcap import unavailable
 
@@ -185,7 +209,7 @@ def test_side_by_side_caps_and_rows():
                    ("llama.cpp", "no-repack", ""): 40 + 60 + 110,  # preload runs only at full RAM
                    ("llama.cpp", "repack", "onnx"): 250, ("llama.cpp", "no-repack", "onnx"): 250}  # the same RAM
     assert len(caps) == len(got) and all(run.cap_pct == 50.0 and extra["base"].cap_pct is None for run, extra in caps)
-    assert total_runs(["onnx"], [1], ["Q4_0"], ["repack", "no-repack"], [50.0], 1) == 2 + 2 + 1 + 2 * 2
+    assert total_runs([("onnx", "python")], [1], ["Q4_0"], ["repack", "no-repack"], [50.0], 1) == 2 + 2 + 1 + 2 * 2
     repack = next(run for run, _ in caps if run.variant == "repack")
     row = reduce(repack, [{"error": "oom", "oom": True}, {"decode_tokens_per_s": 9.0, "peak_rss_bytes": 1},
                           {"decode_tokens_per_s": 11.0, "peak_rss_bytes": 3}], (60, 220), "llama.cpp x")
@@ -194,6 +218,21 @@ def test_side_by_side_caps_and_rows():
     assert row["label"] == "llama.cpp repack Q4_0 t1" and row["version"] == "llama.cpp x"
     same = next(run for run, _ in caps if run.cap_of)
     assert same.label.endswith("at onnx's cap")
+    # each runtime of a backend has its own fixed cost; llama.cpp's same-RAM cap is the lightest one's
+    ours = [Run("cosmoe-edge", "executorch", "int4", 1, "lazy", runtime=e) for e in ("native", "python")]
+    full = ours + theirs[:1]
+    sizes = {r: (50, 200) for r in full}
+    rows = [{"peak_rss_bytes": p} for p in (320, 650, 300)]
+    caps = {(run.engine, run.runtime, run.cap_of): run.ram_cap for run, _ in capped_runs(full, rows, sizes, [50.0])}
+    assert caps == {("cosmoe-edge", "native", ""): 70 + 50 + 100, ("cosmoe-edge", "python", ""): 400 + 50 + 100,
+                    ("llama.cpp", "", ""): 50 + 50 + 100, ("llama.cpp", "", "executorch/native"): 220}
+    assert ours[0].label == "cosmoe-edge executorch/native lazy int4 t1"
+    from cosmoe_edge.bench.side_by_side import cosmoe_paths
+
+    m = {"backends": {}}
+    assert cosmoe_paths(["executorch", "onnx"], ["", "native", "python", "host"], m) == [
+        ("executorch", "native"), ("executorch", "python"), ("executorch", "host"), ("onnx", "python")]
+    assert cosmoe_paths(["executorch"], [""], {"peer": {}}) == [("executorch", "python")]
 
 
 def test_peer_refuses_what_it_cannot_compare(int4_artifact, tiny_model, tmp_path):

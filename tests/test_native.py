@@ -258,6 +258,51 @@ def test_edge_run_native_says_what_went_wrong_in_one_line(damaged):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def run_host(artifact, ids, *args):
+    from cosmoe_edge.runtime.native import host
+
+    r = subprocess.run([str(host()), str(artifact), "--ids", ",".join(map(str, ids)), *args], capture_output=True,
+                       text=True, timeout=120)
+    return r.returncode, (json.loads(r.stdout) if r.returncode == 0 else r.stderr)
+
+
+@pytest.mark.parametrize("fraction, policy", [(1.0, "nextuse"), (0.25, "nextuse"), (0.125, "lru")])
+def test_host_without_python_gives_the_python_engine_tokens(shipped, fraction, policy):
+    """edge-run-native reads the manifest itself (nlohmann/json) and must fill the core as native.py does."""
+    artifact, prompts = shipped
+    budget = int(total(artifact) * fraction)
+    for ids in prompts:
+        py = run_engine(Engine, artifact, ids, budget_bytes=budget, policy=policy)
+        code, r = run_host(artifact, ids, "--max-new-tokens", "40", "--memory-budget", str(budget),
+                           "--cache-policy", policy)
+        assert code == 0, r
+        assert r["ids"] == py["tokens"] and (r["expert_hits"], r["expert_misses"], r["expert_evictions"]) == py["counters"]
+        assert r["engine"] == "native-host" and r["peak_rss_bytes"] > 0 and r["decode_tokens_per_s"] > 0
+    code, sampled = run_host(artifact, prompts[0], "--max-new-tokens", "40", "--temperature", "1", "--seed", "3")
+    assert code == 0 and len(sampled["ids"]) == 40 and sampled["ids"] != r["ids"]
+
+
+def test_host_says_what_went_wrong_in_one_line(damaged, shipped, tmp_path):
+    artifact, expert = damaged
+    ids = shipped[1][0]
+    expert.write_bytes(expert.read_bytes()[:1000])
+    bad = tmp_path / "v1"
+    bad.mkdir()
+    m = json.loads((artifact / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps(m | {"format_version": 1}))
+    for where, args, says in [(artifact, ["--memory-budget", "12.5%", "--preload"], "truncated or replaced"),
+                              (shipped[0], ["--memory-budget", "10"], "below the minimum"),
+                              (bad, [], "this runtime reads version 2"),
+                              (tmp_path / "nowhere", [], "cannot read"),
+                              (shipped[0], ["--cache-policy", "fifo"], "fifo"),
+                              (shipped[0], ["--threads", "x"], "--threads takes a number")]:
+        code, err = run_host(where, ids, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (args, err)
+        assert err.startswith("edge-run-native: ")
+    code, err = run_host(shipped[0], [999999])
+    assert code == 2 and "past the vocabulary" in err
+
+
 def test_native_run_imports_no_torch_and_reports_its_engine(shipped, tmp_path):
     artifact, _ = shipped
     probe = ("import json, sys; from cosmoe_edge.runtime.run import run; from cosmoe_edge.runtime.options import "
@@ -333,3 +378,13 @@ def test_prepared_cache_gives_the_same_tokens_and_refuses_damage(shipped, tmp_pa
                         "--max-new-tokens", "2", "--quiet"], capture_output=True, text=True, timeout=120,
                        env=os.environ | {"COSMOE_EDGE_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0 and "no prepared cache for this artifact" in r.stderr, r.stderr
+
+
+def test_side_by_side_measures_the_host_as_it_does_llama_cpp(shipped):
+    from cosmoe_edge.bench.side_by_side import Run, run_cosmoe
+
+    artifact, _ = shipped
+    r = run_cosmoe(artifact, Run("cosmoe-edge", "executorch", "int4", 1, "lazy", runtime="host"), "The list type is",
+                   24, 0.0)
+    assert r["generated_tokens"] == 24 and r["decode_tokens_per_s"] > 0, r
+    assert 0 < r["peak_rss_bytes"] < 200e6 and r["storage_read_bytes"] >= 0

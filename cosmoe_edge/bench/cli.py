@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cosmoe_edge.bench.runs import Config, all_resident, matrix, reduce, run_eval, run_once
+from cosmoe_edge.bench.runs import Config, all_resident, engine_key, matrix, reduce, run_eval, run_once
 from cosmoe_edge.errors import exit_error
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -84,8 +84,7 @@ def add_estimates(rows, manifests, hw, devices):
     full = {k: r["decode_tokens_per_s"] for k, r in all_resident(rows).items()}
     here = Device("this-machine", hw["storage_gbps"], 0.0, hw["int4_gops"])
     for r in rows:
-        key = (r["artifact"], r["backend"])
-        if r["policy"] == "eager" or key not in full or "decode_tokens_per_s" not in r:
+        if r["policy"] == "eager" or engine_key(r) not in full or "decode_tokens_per_s" not in r:
             continue
         expert, _ = expert_bytes(manifests[r["artifact"]], r["backend"])
         # decode's misses per decode step (the prompt's first loads are time to first token's business)
@@ -95,7 +94,7 @@ def add_estimates(rows, manifests, hw, devices):
             load_s = max(0.0, load_s - expert / (hw["storage_gbps"] * 1e9))
         r["load_cpu_ms"] = load_s * 1e3
         for dev in [here, *devices]:
-            est = estimate_tokens_per_s(dev, hw["int4_gops"], 1 / full[key], misses, expert, load_s)
+            est = estimate_tokens_per_s(dev, hw["int4_gops"], 1 / full[engine_key(r)], misses, expert, load_s)
             r[f"estimate_{dev.name}_tokens_per_s"] = est
 
 
@@ -108,6 +107,11 @@ def main(
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets (percent of all experts' bytes, or sizes).")]
     = "100%,50%,25%,12.5%",
     backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = "executorch,onnx",
+    engines: Annotated[str, typer.Option(help="Comma-separated edge-run engines, each a dimension of the runs: native "
+                                              "(the C++ core; ExecuTorch only, left out of ONNX runs), python, or "
+                                              "default (each backend's own: native for executorch). With --peer also "
+                                              "host: edge-run-native, the core with no Python in the process.")]
+    = "default",
     policies: Annotated[str, typer.Option(help="Comma-separated cache policies that keep experts (nextuse, lru, "
                                                "lfu).")] = "nextuse,lru,lfu",
     prefetch: Annotated[str, typer.Option(help="off, on, or both.")] = "off",
@@ -194,8 +198,13 @@ def main(
         thread_list = []
     if not thread_list or min(thread_list) < 1:
         fail(f"--threads takes thread counts like 1,2, not {threads!r}")
+    engine_list = ["" if e == "default" else e for e in split_list(engines)]
+    if not engine_list or any(e not in ("", "native", "python", "host") for e in engine_list):
+        fail(f"--engines must name native, python, host and/or default, not {engines!r}")
+    if "host" in engine_list and peer is None:
+        fail("--engines host runs with --peer llama.cpp only (edge-run-native writes no edge-run report)")
     if peer is not None:
-        return side_by_side(artifacts, model, peer, out, backend_list, thread_list, split_list(peer_quants),
+        return side_by_side(artifacts, model, peer, out, backend_list, engine_list, thread_list, split_list(peer_quants),
                             split_list(peer_variants), ram_cap, prompt_list[0], max_new_tokens, temperature, repeats)
     from cosmoe_edge.bench.runs import parse_selection
 
@@ -224,7 +233,7 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
 
     configs = matrix([str(a) for a in artifacts], backend_list, split_list(budgets), policy_list, modes, cold, caps,
-                     thread_list, selection_list)
+                     thread_list, selection_list, engine_list)
     if model is not None:
         configs.append(Config(str(model), "eager", "all", "eager", False, False))
     hw = machine() | {"temperature": temperature}
@@ -266,7 +275,7 @@ def main(
     print(f"wrote {out}/results.csv, results.json and {len(plots)} plots")
 
 
-def side_by_side(artifacts, model, peer, out, backends, threads, quants, variants, ram_cap, prompt, tokens,
+def side_by_side(artifacts, model, peer, out, backends, engines, threads, quants, variants, ram_cap, prompt, tokens,
                  temperature, repeats):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -285,7 +294,8 @@ def side_by_side(artifacts, model, peer, out, backends, threads, quants, variant
     if len(artifacts) != 1 or model is None:
         fail("--peer compares one ARTIFACT with llama.cpp on the same weights: pass one artifact and --model, the "
              "checkpoint it was exported from")
-    source = load_manifest(artifacts[0])["source"]["checkpoint"]
+    manifest = load_manifest(artifacts[0])
+    source = manifest["source"]["checkpoint"]
     if Path(source).name != model.name:
         fail(f"{artifacts[0]} was exported from {source}, not {model.name}: the comparison needs the same weights")
     if not quants or any(q not in QUANTS for q in quants):
@@ -306,14 +316,17 @@ def side_by_side(artifacts, model, peer, out, backends, threads, quants, variant
 
         if why := unavailable():
             fail(why)
+    paths = sbs.cosmoe_paths(backends, engines, manifest)
+    if not paths:
+        fail("--engines native runs --backends executorch only")
     hw = machine() | {"temperature": temperature, "prompt": prompt, "max_new_tokens": tokens}
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
-        task = bar.add_task("side by side", total=sbs.total_runs(backends, threads, quants, variants, caps, repeats))
+        task = bar.add_task("side by side", total=sbs.total_runs(paths, threads, quants, variants, caps, repeats))
         try:
-            result = sbs.compare(artifacts[0], model, CACHE / "gguf", backends=backends, threads=threads, quants=quants,
+            result = sbs.compare(artifacts[0], model, CACHE / "gguf", paths=paths, threads=threads, quants=quants,
                                  caps_pct=caps, prompt=prompt, tokens=tokens, temperature=temperature,
                                  repeats=repeats, variants=variants,
                                  progress=lambda d, n=0: bar.update(task, description=d, advance=n),

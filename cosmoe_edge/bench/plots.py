@@ -5,7 +5,7 @@ The device estimates get a figure of their own, labelled as estimates."""
 from collections import defaultdict
 from pathlib import Path
 
-from cosmoe_edge.bench.runs import all_resident
+from cosmoe_edge.bench.runs import all_resident, engine_key
 
 STYLES = {"nextuse": ("tab:green", "-"), "nextuse+prefetch": ("tab:green", ":"),
           "lru": ("tab:blue", "-"), "lru+prefetch": ("tab:blue", ":"), "lfu": ("tab:orange", "-"),
@@ -24,8 +24,13 @@ def variant(row) -> str:
             + (f" [{row['selection']}]" if row.get("selection") else ""))
 
 
+def panel(row) -> tuple[str, str]:
+    artifact, backend = engine_key(row)
+    return Path(artifact).name, backend
+
+
 def panels(rows):
-    """{(artifact name, backend): {variant: [(budget fraction, row)]}} over the budgets that ran (not
+    """{(artifact name, backend[:engine]): {variant: [(budget fraction, row)]}} over the budgets that ran (not
     the all-resident reference, nor the no-cache or eager baselines)."""
     out = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -33,13 +38,12 @@ def panels(rows):
             continue
         f = budget_fraction(r)
         if f is not None:
-            out[(Path(r["artifact"]).name, r["backend"])][variant(r)].append((f, r))
+            out[panel(r)][variant(r)].append((f, r))
     return {k: {v: sorted(p, key=lambda x: x[0]) for v, p in sorted(d.items())} for k, d in sorted(out.items())}
 
 
 def no_cache(rows) -> dict:
-    return {(Path(r["artifact"]).name, r["backend"]): r for r in rows
-            if r["policy"] == "none" and "decode_tokens_per_s" in r}
+    return {panel(r): r for r in rows if r["policy"] == "none" and "decode_tokens_per_s" in r}
 
 
 def _grid(plt, n):
@@ -80,7 +84,7 @@ def draw(rows, out_dir: Path, machine: str, date: str) -> list[Path]:
     if not grid:
         return []
     floor = no_cache(rows)
-    full = {(Path(a).name, b): r["decode_tokens_per_s"] for (a, b), r in all_resident(rows).items()}
+    full = {panel(r): r["decode_tokens_per_s"] for r in all_resident(rows).values()}
     charts = [
         ("decode_ratio.png", "decode tokens/s / all resident",
          lambda key, r: r["decode_tokens_per_s"] / full.get(key, float("nan"))),
@@ -139,7 +143,7 @@ def frontier(plt, rows, path: Path, where: str, cold: bool) -> Path:
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if "perplexity" in r and "decode_tokens_per_s" in r:
-            groups[(Path(r["artifact"]).name, r["backend"])][r["budget"]].append(r)
+            groups[panel(r)][r["budget"]].append(r)
     fig, axes = _grid(plt, len(groups))
     for ax, (key, budgets) in zip(axes, sorted(groups.items()), strict=False):
         for (budget, pts), marker in zip(sorted(budgets.items(), key=lambda b: -(budget_fraction(b[1][0]) or 1)),

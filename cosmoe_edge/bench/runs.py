@@ -27,12 +27,14 @@ class Config:
     threads: int = 1
     preload: bool = False  # every expert loaded before the prompt (as llama.cpp's warmup does)
     selection: str = ""  # which experts run (parse_selection); "": the artifact's defaults
+    engine: str = ""  # edge-run --engine: native or python; "": the backend's default (native for executorch)
 
     @property
     def label(self) -> str:
         if self.policy == "eager":
             return "eager fp32 (PyTorch)"
-        return (f"{Path(self.artifact).name}/{self.backend}/{self.policy}" + ("+prefetch" if self.prefetch else "")
+        return (f"{Path(self.artifact).name}/{self.backend}" + (f":{self.engine}" if self.engine else "")
+                + f"/{self.policy}" + ("+prefetch" if self.prefetch else "")
                 + (f" cap {self.ram_cap / 2**20:.0f}MiB" if self.ram_cap else "")
                 + (f" t{self.threads}" if self.threads != 1 else "") + (" preload" if self.preload else "")
                 + (f" [{self.selection}]" if self.selection else ""))
@@ -41,7 +43,7 @@ class Config:
         """The edge-run options of this configuration (kw: the prompt and sampling)."""
         return RunOptions(backend=self.backend, memory_budget=self.budget, cache_policy=self.policy,
                           prefetch=self.prefetch, cold=self.cold, threads=self.threads, preload=self.preload,
-                          **parse_selection(self.selection), **kw)
+                          engine=self.engine or None, **parse_selection(self.selection), **kw)
 
 
 def parse_selection(spec: str) -> dict:
@@ -70,17 +72,19 @@ def parse_selection(spec: str) -> dict:
 
 
 def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_caps=(None,), threads=(1,),
-           selections=("",)) -> list[Config]:
-    """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend/thread
-    count (uncapped). Each RAM cap repeats the budget/policy combinations under that cap; each selection
-    the budgets'."""
+           selections=("",), engines=("",)) -> list[Config]:
+    """All combinations, plus the baselines: all experts resident and no cache, per artifact/backend/engine/
+    thread count (uncapped). Each RAM cap repeats the budget/policy combinations under that cap; each selection
+    the budgets'. The native engine runs ExecuTorch only: it is left out of the ONNX backend's runs."""
     out = []
-    for a, b, t in itertools.product(artifacts, backends, threads):
-        out.append(Config(a, b, "all", "lru", False, cold, threads=t))
-        out.append(Config(a, b, "all", "none", False, cold, threads=t))
+    for a, b, e, t in itertools.product(artifacts, backends, engines, threads):
+        if e == "native" and b != "executorch":
+            continue
+        out.append(Config(a, b, "all", "lru", False, cold, threads=t, engine=e))
+        out.append(Config(a, b, "all", "none", False, cold, threads=t, engine=e))
         for cap, budget, policy, pre, sel in itertools.product(ram_caps, budgets, policies, prefetch_modes,
                                                                 selections):
-            c = Config(a, b, budget, policy, pre, cold, cap, t, selection=sel)
+            c = Config(a, b, budget, policy, pre, cold, cap, t, selection=sel, engine=e)
             if c not in out:
                 out.append(c)
     return out
@@ -149,7 +153,7 @@ def reduce(c: Config, reports: list[dict]) -> dict:
         row[k + "_min"], row[k + "_max"] = min(vals), max(vals)
     for k in ("p50", "p95", "max"):
         row[f"token_latency_{k}_ms"] = statistics.median(r["token_latency_ms"][k] for r in ok)
-    for k in ("quant", "backend"):
+    for k in ("quant", "backend", "engine"):  # engine: the one that ran (the report's, "" resolved)
         row[k] = ok[0][k]
     if all("cgroup_peak_bytes" in r for r in ok):
         row["cgroup_peak_bytes"] = statistics.median(r["cgroup_peak_bytes"] for r in ok)
@@ -163,8 +167,13 @@ def reduce(c: Config, reports: list[dict]) -> dict:
     return row
 
 
+def engine_key(row) -> tuple[str, str]:
+    """(artifact, backend with its engine): what a budget's ratio is taken within."""
+    return row["artifact"], row["backend"] + (f":{row['engine']}" if row.get("engine") else "")
+
+
 def all_resident(rows) -> dict:
-    """{(artifact, backend): row} of the upper-bound runs (every expert resident, LRU), the
-    reference that ratios and device estimates are taken against."""
-    return {(r["artifact"], r["backend"]): r for r in rows
+    """{engine_key(row): row} of the upper-bound runs (every expert resident, LRU), the reference that ratios and
+    device estimates are taken against."""
+    return {engine_key(r): r for r in rows
             if r["policy"] == "lru" and r["budget"] == "all" and "decode_tokens_per_s" in r}

@@ -16,6 +16,7 @@ memory). Because the engines' fixed costs differ (a Python process against a C++
 runs at the cap of the cosmoe-edge backend with the least fixed cost: the same RAM for both.
 llama-bench's prefill/decode figures go beside them."""
 
+import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,13 +42,28 @@ class Run:
     variant: str  # cosmoe-edge: preload | lazy; llama.cpp: repack (its default) | no-repack | no-mmap
     cap_pct: float | None = None  # None: full RAM; P: fixed + backbone + P% of the experts
     ram_cap: int | None = None  # bytes
-    cap_of: str = ""  # "": this engine's own cap; else the cosmoe-edge backend whose cap (same RAM) it runs at
+    cap_of: str = ""  # "": this engine's own cap; else the cosmoe-edge backend[/runtime] whose cap (same RAM) it runs at
+    runtime: str = ""  # cosmoe-edge: native (the C++ core in edge-run), python, or host (edge-run-native: no Python)
+
+    @property
+    def path(self) -> str:
+        """A cosmoe-edge backend and its runtime: executorch/native."""
+        return self.backend + (f"/{self.runtime}" if self.runtime else "")
 
     @property
     def label(self) -> str:
-        backend = f"{self.backend} " if self.engine == "cosmoe-edge" else ""
+        backend = f"{self.path} " if self.engine == "cosmoe-edge" else ""
         return f"{self.engine} {backend}{self.variant} {self.quant} t{self.threads}" + (
             f" at {self.cap_of}'s cap" if self.cap_of else "")
+
+
+def cosmoe_paths(backends: list[str], engines: list[str], manifest: dict) -> list[tuple[str, str]]:
+    """(backend, runtime) pairs that run: engines "" is each backend's default; the native core (native, host) runs
+    ExecuTorch only, so it is left out of the ONNX backend."""
+    from cosmoe_edge.runtime.native import default_engine
+
+    pairs = [(b, e or default_engine(b, manifest)) for b in backends for e in engines]
+    return list(dict.fromkeys(p for p in pairs if p[1] == "python" or p[0] == "executorch"))
 
 
 def gguf_sizes(path: Path) -> tuple[int, int]:
@@ -97,12 +113,51 @@ def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, t
         return r | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
 
 
+def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
+    """One measured edge-run-native run (the core with no Python in the process), cold as edge-run --cold is: the
+    prompt is tokenized here, the process's peak RSS and reads measured as llama.cpp's are."""
+    from tokenizers import Tokenizer
+
+    from cosmoe_edge.runtime.manifest import artifact_files, load_manifest
+    from cosmoe_edge.runtime.native import host
+    from cosmoe_edge.runtime.prepare import prepared_cache
+
+    manifest = load_manifest(artifact)
+    ids = Tokenizer.from_file(str(artifact / manifest["tokenizer"]["path"])).encode(prompt).ids
+    budget = "all" if run.cap_pct is None else f"{run.cap_pct:g}%"
+    cmd = [str(host()), str(artifact), "--ids", ",".join(map(str, ids)), "--max-new-tokens", str(tokens),
+           "--memory-budget", budget, "--threads", str(run.threads), "--temperature", str(temperature)]
+    cmd += ["--preload"] if run.variant == "preload" else []
+    if (packed := prepared_cache(artifact)) is not None:
+        cmd += ["--packed-cache", str(packed)]
+    drop_page_cache(artifact_files(artifact, manifest))
+    cap_peak = None
+    if run.ram_cap:
+        with RamCap(run.ram_cap) as cap:
+            m = run_measured(cmd, preexec_fn=cap.join, timeout=TIMEOUT_S)
+            cap_peak = cap.peak_bytes()
+    else:
+        m = run_measured(cmd, timeout=TIMEOUT_S)
+    if m.wall_s >= TIMEOUT_S:
+        return {"error": "timeout", "timeout": True}
+    if killed_for_memory(m.returncode):
+        return {"error": "oom", "oom": True}
+    if m.returncode != 0:
+        lines = m.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {m.returncode}"}
+    r = json.loads(m.stdout)
+    r |= {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes}
+    return {k: r[k] for k in FIGURES if k in r} | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
+
+
 def run_cosmoe(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
     from cosmoe_edge.runtime.policies import DEFAULT
 
+    if run.runtime == "host":
+        return run_host(artifact, run, prompt, tokens, temperature)
     budget = "all" if run.cap_pct is None else f"{run.cap_pct:g}%"
     c = Config(str(artifact), run.backend, budget, DEFAULT, False, True, run.ram_cap, run.threads,
-               preload=run.variant == "preload")
+               preload=run.variant == "preload", engine=run.runtime)
     r = run_once(c, prompt, tokens, None, temperature)
     return r if "error" in r else {k: r[k] for k in FIGURES if k in r}
 
@@ -126,7 +181,7 @@ def reduce(run: Run, reports: list[dict], sizes: tuple[int, int], version: str) 
     return row
 
 
-def compare(artifact: Path, model: Path, work: Path, *, backends: list[str], threads: list[int], quants: list[str],
+def compare(artifact: Path, model: Path, work: Path, *, paths: list[tuple[str, str]], threads: list[int], quants: list[str],
             caps_pct: list[float], prompt: str, tokens: int, temperature: float, repeats: int, variants: list[str],
             progress=lambda desc, n=0: None, log=print) -> dict:
     """Every configuration, full RAM first (it sizes the caps). Returns {"rows", "llama_bench", "version"}."""
@@ -149,8 +204,8 @@ def compare(artifact: Path, model: Path, work: Path, *, backends: list[str], thr
         finally:
             f32.unlink(missing_ok=True)
     ours = manifest["exporter"]["cosmoe-edge"]
-    full = [Run("cosmoe-edge", b, manifest["quant"]["scheme"], t, v) for b in backends for v in ("preload", "lazy")
-            for t in threads]
+    full = [Run("cosmoe-edge", b, manifest["quant"]["scheme"], t, v, runtime=e) for b, e in paths
+            for v in ("preload", "lazy") for t in threads]
     full += [Run("llama.cpp", "llama.cpp", q, t, v) for q in quants for v in variants for t in threads]
     sizes = {r: (artifact_sizes(manifest, r.backend) if r.engine == "cosmoe-edge" else gguf_sizes(ggufs[r.quant]))
              for r in full}
@@ -181,12 +236,13 @@ def compare(artifact: Path, model: Path, work: Path, *, backends: list[str], thr
 
 def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[float]) -> list[tuple[Run, dict]]:
     """Sets each full-RAM row's fixed_bytes (the least peak RSS minus weight bytes over the full-RAM runs
-    of the same engine, backend and quant) and returns the capped runs, each with {base, fixed_bytes}:
+    of the same engine, backend, runtime and quant) and returns the capped runs, each with {base, fixed_bytes}:
     every run but the preloaded ones at its own cap, and llama.cpp's again at the cap of the cosmoe-edge
     backend with the least fixed cost (the same RAM for both engines)."""
     for base, row in zip(full, rows, strict=True):
         same = [x["peak_rss_bytes"] - sum(sizes[b]) for x, b in zip(rows, full, strict=True)
-                if "peak_rss_bytes" in x and (b.engine, b.backend, b.quant) == (base.engine, base.backend, base.quant)]
+                if "peak_rss_bytes" in x
+                and (b.engine, b.backend, b.runtime, b.quant) == (base.engine, base.backend, base.runtime, base.quant)]
         row["fixed_bytes"] = max(0, min(same)) if same else None
 
     def cap(base, row, pct):
@@ -202,15 +258,15 @@ def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[f
                 continue
             extra = {"base": base, "fixed_bytes": row["fixed_bytes"]}
             out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct,
-                            cap(base, row, pct)), extra))
+                            cap(base, row, pct), runtime=base.runtime), extra))
             if base.engine == "llama.cpp" and lightest:
                 out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct,
-                                cap(*lightest, pct), lightest[0].backend), extra))
+                                cap(*lightest, pct), lightest[0].path), extra))
     return out
 
 
-def total_runs(backends, threads, quants, variants, caps_pct, repeats) -> int:
-    ours, theirs = len(backends) * len(threads), len(quants) * len(variants) * len(threads)
+def total_runs(paths, threads, quants, variants, caps_pct, repeats) -> int:
+    ours, theirs = len(paths) * len(threads), len(quants) * len(variants) * len(threads)
     return (2 * ours + theirs + (ours + 2 * theirs) * len(caps_pct)) * repeats
 
 
@@ -219,8 +275,11 @@ def plot_title(name: str, result: dict) -> str:
     return f"{name}: cosmoe-edge vs {result['version'].split(',')[0]}\n{hw['cpu']}, {hw['cores']} cores, {hw['date']}"
 
 
-COLORS = {("cosmoe-edge", "executorch", "preload"): "tab:blue", ("cosmoe-edge", "executorch", "lazy"): "tab:cyan",
-          ("cosmoe-edge", "onnx", "preload"): "tab:green", ("cosmoe-edge", "onnx", "lazy"): "tab:olive",
+COLORS = {("cosmoe-edge", "executorch/native", "preload"): "tab:purple",
+          ("cosmoe-edge", "executorch/native", "lazy"): "tab:pink",
+          ("cosmoe-edge", "executorch/host", "preload"): "black", ("cosmoe-edge", "executorch/host", "lazy"): "tab:gray",
+          ("cosmoe-edge", "executorch/python", "preload"): "tab:blue", ("cosmoe-edge", "executorch/python", "lazy"): "tab:cyan",
+          ("cosmoe-edge", "onnx/python", "preload"): "tab:green", ("cosmoe-edge", "onnx/python", "lazy"): "tab:olive",
           ("llama.cpp", "llama.cpp", "repack"): "tab:red", ("llama.cpp", "llama.cpp", "no-repack"): "tab:orange",
           ("llama.cpp", "llama.cpp", "no-mmap"): "tab:brown"}
 
@@ -244,7 +303,8 @@ def plot(rows: list[dict], path: Path, title: str):
         ax.plot([p for p, _ in pts], [v for _, v in pts], "-" if r["threads"] == 1 else "--",
                 marker="o" if r["engine"] == "cosmoe-edge" else "^" if r.get("cap_of") else "s",
                 alpha=0.45 if r.get("cap_of") else 1.0,
-                color=COLORS.get((r["engine"], r["backend"], r["variant"]), "gray"), label=label)
+                color=COLORS.get((r["engine"], r["backend"] + (f"/{r['runtime']}" if r.get("runtime") else ""),
+                                  r["variant"]), "gray"), label=label)
     ax.set_xticks(range(len(xs) + 1), ["full RAM"] + [f"+{p:g}%" for p in xs])
     ax.set_xlabel("RAM cap: each engine's fixed cost + backbone + this share of its expert bytes", fontsize=8)
     ax.set_ylabel("decode tokens/s (median; 0: killed)", fontsize=8)

@@ -34,6 +34,22 @@ def core():
     return _native
 
 
+def host() -> Path:
+    """edge-run-native, the core hosted by a C++ program with no Python in the process (native/tools/): installed
+    beside this interpreter's console scripts by the package's build; one line saying why when it is absent."""
+    import shutil
+    import sysconfig
+
+    path = Path(sysconfig.get_path("scripts")) / "edge-run-native"
+    if path.is_file():
+        return path
+    found = shutil.which("edge-run-native")
+    if found is None:
+        raise RequestError("edge-run-native is not built in this install; run `make setup` (it needs nlohmann-json3-dev "
+                           "besides ExecuTorch's C++ SDK)", "no_native_core")
+    return Path(found)
+
+
 def default_engine(backend: str, manifest: dict) -> str:
     """ExecuTorch runs natively by default; the ONNX path and PEER layers are not in the core yet, and run on the
     Python engine (the report's `engine` says which ran)."""

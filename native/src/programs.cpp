@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/backend/options.h>
+#include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
 #include "core.h"
@@ -114,7 +116,18 @@ void check_pte_header(const std::string& path) {
     bad("segment table does not fit the file");
 }
 
+// ExecuTorch logs to stderr (thread pool resets, CPU probes, a program's verification); the core reports each
+// failure itself in one line, so the runtime's lines are kept only when COSMOE_EDGE_ET_LOG is set.
+static void quiet_log(et_timestamp_t, et_pal_log_level_t level, const char* file, const char*, size_t line,
+                      const char* message, size_t length) {
+  static const bool keep = std::getenv("COSMOE_EDGE_ET_LOG") != nullptr;
+  if (keep) std::fprintf(stderr, "%c executorch:%s:%zu] %.*s\n", char(level), file, line, int(length), message);
+}
+
 void set_threads(int threads) {
+  static const bool registered = executorch::runtime::register_pal(
+      executorch::runtime::PalImpl::create(quiet_log, __FILE__));
+  (void)registered;
   executorch::runtime::runtime_init();
   auto* pool = executorch::extension::threadpool::get_threadpool();
   if (pool != nullptr && pool->get_thread_count() != size_t(threads)) pool->_unsafe_reset_threadpool(uint32_t(threads));
