@@ -233,6 +233,20 @@ def test_side_by_side_caps_and_rows():
     assert cosmoe_paths(["executorch", "onnx"], ["", "native", "python", "host"], m) == [
         ("executorch", "native"), ("executorch", "python"), ("executorch", "host"), ("onnx", "python")]
     assert cosmoe_paths(["executorch"], [""], {"peer": {}}) == [("executorch", "python")]
+    # shares of llama.cpp's footprint: one absolute cap for all; our budget is what it leaves after fixed + backbone
+    from cosmoe_edge.bench.side_by_side import FOOTPRINT
+
+    both = [Run("llama.cpp", "llama.cpp", "Q4_0", 1, v) for v in ("repack", "no-repack")]
+    full = ours + both
+    sizes = {r: (50, 200) if r.engine == "cosmoe-edge" else (60, 220) for r in full}
+    rows = [{"peak_rss_bytes": p} for p in (320, 650, 600, 310)]  # llama.cpp: fixed 30 (no-repack), footprint 310
+    capped = [(run, extra) for run, extra in capped_runs(full, rows, sizes, [], [60.0]) if run.cap_of == FOOTPRINT]
+    assert {run.ram_cap for run, _ in capped} == {186} and {e["footprint_bytes"] for _, e in capped} == {310}
+    budgets = {(run.engine, run.runtime, run.variant): run.budget for run, _ in capped}
+    assert budgets == {("cosmoe-edge", "native", "lazy"): str(186 - 70 - 50), ("cosmoe-edge", "python", "lazy"): "1",
+                       ("llama.cpp", "", "repack"): "", ("llama.cpp", "", "no-repack"): ""}
+    assert capped[0][0].label == "cosmoe-edge executorch/native lazy int4 t1 at 60% of llama.cpp's footprint"
+    assert total_runs([("executorch", "native")], [1], ["Q4_0"], ["repack"], [], 1, [60.0, 40.0]) == 2 + 1 + 2 * 2
 
 
 def test_peer_refuses_what_it_cannot_compare(int4_artifact, tiny_model, tmp_path):

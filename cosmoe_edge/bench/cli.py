@@ -149,6 +149,13 @@ def main(
                                                   "(each engine capped at its fixed cost + backbone + P% of its "
                                                   "expert bytes); uses --backends, --threads, --temperature, "
                                                   "--max-new-tokens, --repeats and the first prompt.")] = None,
+    footprint_caps: Annotated[str | None, typer.Option(help="With --peer: RAM caps as shares of llama.cpp's own "
+                                                            "footprint (its GGUF + its fixed cost, measured at full "
+                                                            "RAM), e.g. 60%,40%: the same absolute cap for every "
+                                                            "engine; cosmoe-edge's expert budget is what the cap "
+                                                            "leaves after its fixed cost and backbone.")] = None,
+    peer_timeout: Annotated[float, typer.Option(help="With --peer: seconds after which a run (a thrashing one, under a "
+                                                     "cap) is stopped and recorded as a timeout.")] = 300.0,
     peer_quants: Annotated[str, typer.Option(help="With --peer: llama.cpp quantisations (Q4_0, Q8_0).")] = "Q4_0",
     peer_variants: Annotated[str, typer.Option(help="With --peer: llama.cpp's repack (its default: Q4_0 experts "
                                                     "copied to anonymous memory), no-repack (they stay mapped from "
@@ -205,7 +212,8 @@ def main(
         fail("--engines host runs with --peer llama.cpp only (edge-run-native writes no edge-run report)")
     if peer is not None:
         return side_by_side(artifacts, model, peer, out, backend_list, engine_list, thread_list, split_list(peer_quants),
-                            split_list(peer_variants), ram_cap, prompt_list[0], max_new_tokens, temperature, repeats)
+                            split_list(peer_variants), ram_cap, footprint_caps, prompt_list[0], max_new_tokens,
+                            temperature, repeats, peer_timeout)
     from cosmoe_edge.bench.runs import parse_selection
 
     selection_list = ["" if p == "default" else p for p in split_list(selections)] or [""]
@@ -275,8 +283,8 @@ def main(
     print(f"wrote {out}/results.csv, results.json and {len(plots)} plots")
 
 
-def side_by_side(artifacts, model, peer, out, backends, engines, threads, quants, variants, ram_cap, prompt, tokens,
-                 temperature, repeats):
+def side_by_side(artifacts, model, peer, out, backends, engines, threads, quants, variants, ram_cap, footprint_caps,
+                 prompt, tokens, temperature, repeats, timeout_s):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -302,16 +310,21 @@ def side_by_side(artifacts, model, peer, out, backends, engines, threads, quants
         fail(f"--peer-quants must name {', '.join(QUANTS)}")
     if not variants or any(v not in ("repack", "no-repack", "no-mmap") for v in variants):
         fail("--peer-variants must name repack, no-repack and/or no-mmap")
-    caps = []
-    for c in split_list(ram_cap or ""):
-        try:
-            pct = float(c.removesuffix("%")) if c.endswith("%") else -1.0
-        except ValueError:
-            pct = -1.0
-        if not 0 < pct <= 100:
-            fail(f"with --peer, --ram-cap takes shares of the expert bytes like 100%,50%,25%, not {c!r}")
-        caps.append(pct)
-    if caps:
+    def shares(text, what):
+        out = []
+        for c in split_list(text or ""):
+            try:
+                pct = float(c.removesuffix("%")) if c.endswith("%") else -1.0
+            except ValueError:
+                pct = -1.0
+            if not 0 < pct <= 100:
+                fail(f"with --peer, {what}, not {c!r}")
+            out.append(pct)
+        return out
+
+    caps = shares(ram_cap, "--ram-cap takes shares of the expert bytes like 100%,50%,25%")
+    footprints = shares(footprint_caps, "--footprint-caps takes shares of llama.cpp's footprint like 60%,40%")
+    if caps or footprints:
         from cosmoe_edge.bench.ramcap import unavailable
 
         if why := unavailable():
@@ -324,13 +337,13 @@ def side_by_side(artifacts, model, peer, out, backends, engines, threads, quants
     out.mkdir(parents=True, exist_ok=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
-        task = bar.add_task("side by side", total=sbs.total_runs(paths, threads, quants, variants, caps, repeats))
+        task = bar.add_task("side by side", total=sbs.total_runs(paths, threads, quants, variants, caps, repeats, footprints))
         try:
             result = sbs.compare(artifacts[0], model, CACHE / "gguf", paths=paths, threads=threads, quants=quants,
-                                 caps_pct=caps, prompt=prompt, tokens=tokens, temperature=temperature,
+                                 caps_pct=caps, footprint_pcts=footprints, prompt=prompt, tokens=tokens, temperature=temperature,
                                  repeats=repeats, variants=variants,
                                  progress=lambda d, n=0: bar.update(task, description=d, advance=n),
-                                 log=console.print)
+                                 log=console.print, timeout_s=timeout_s)
         except (EdgeError, RuntimeError) as e:
             fail(str(e))
     result["machine"] = hw

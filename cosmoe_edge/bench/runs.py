@@ -90,7 +90,9 @@ def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_cap
     return out
 
 
-def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, temperature: float = 0.0) -> dict:
+def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, temperature: float = 0.0,
+             timeout: float | None = None) -> dict:
+    """One run in a fresh process: its report, or {"error"} (with "oom" or "timeout" when it was killed)."""
     with tempfile.TemporaryDirectory() as d:
         report = Path(d) / "r.json"
         if c.policy == "eager":
@@ -103,12 +105,18 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, tem
             from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
 
             with RamCap(c.ram_cap) as cap:
-                p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap.join)
+                try:
+                    p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap.join, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    return {"error": "timeout", "timeout": True}
                 cap_peak = cap.peak_bytes()
             if killed_for_memory(p.returncode):
                 return {"error": "oom", "oom": True}
         else:
-            p, cap_peak = subprocess.run(cmd, capture_output=True, text=True), None
+            try:
+                p, cap_peak = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout), None
+            except subprocess.TimeoutExpired:
+                return {"error": "timeout", "timeout": True}
         if p.returncode != 0:
             lines = (p.stderr or p.stdout).strip().splitlines()
             return {"error": lines[-1] if lines else f"exit code {p.returncode}"}

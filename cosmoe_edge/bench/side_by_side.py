@@ -26,6 +26,7 @@ from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
 from cosmoe_edge.bench.runs import Config, run_once
 from cosmoe_edge.runtime.metrics import drop_page_cache, run_measured
 
+FOOTPRINT = "llama.cpp's footprint"  # Run.cap_of of the caps that are a share of llama.cpp's own RAM
 TIMEOUT_S = 300  # a thrashing run is recorded as a timeout, not waited for
 FIGURES = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_rss_bytes", "storage_read_bytes",
            "cgroup_peak_bytes", "generated_tokens")
@@ -44,6 +45,11 @@ class Run:
     ram_cap: int | None = None  # bytes
     cap_of: str = ""  # "": this engine's own cap; else the cosmoe-edge backend[/runtime] whose cap (same RAM) it runs at
     runtime: str = ""  # cosmoe-edge: native (the C++ core in edge-run), python, or host (edge-run-native: no Python)
+    budget: str = ""  # cosmoe-edge's expert budget under a cap; "": cap_pct% of its experts
+
+    @property
+    def expert_budget(self) -> str:
+        return self.budget or ("all" if self.cap_pct is None else f"{self.cap_pct:g}%")
 
     @property
     def path(self) -> str:
@@ -53,8 +59,9 @@ class Run:
     @property
     def label(self) -> str:
         backend = f"{self.path} " if self.engine == "cosmoe-edge" else ""
-        return f"{self.engine} {backend}{self.variant} {self.quant} t{self.threads}" + (
-            f" at {self.cap_of}'s cap" if self.cap_of else "")
+        where = (f" at {self.cap_pct:g}% of {self.cap_of}" if self.cap_of == FOOTPRINT
+                 else f" at {self.cap_of}'s cap" if self.cap_of else "")
+        return f"{self.engine} {backend}{self.variant} {self.quant} t{self.threads}{where}"
 
 
 def cosmoe_paths(backends: list[str], engines: list[str], manifest: dict) -> list[tuple[str, str]]:
@@ -82,7 +89,7 @@ def artifact_sizes(manifest: dict, backend: str) -> tuple[int, int]:
 
 
 def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, temperature: float,
-                 attempts: int = 3) -> dict:
+                 attempts: int = 3, timeout: float = TIMEOUT_S) -> dict:
     """One measured llama-completion run. Its timings are printed by an asynchronous logger that can lose
     its last lines at exit (llama.cpp issue 22142): a run that ended well without them is run again."""
     cmd = llamacpp.completion_command(bindir, gguf, prompt, tokens, run.threads, temperature,
@@ -92,11 +99,11 @@ def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, t
         cap_peak = None
         if run.ram_cap:
             with RamCap(run.ram_cap) as cap:
-                m = run_measured(cmd, preexec_fn=cap.join, timeout=TIMEOUT_S)
+                m = run_measured(cmd, preexec_fn=cap.join, timeout=timeout)
                 cap_peak = cap.peak_bytes()
         else:
-            m = run_measured(cmd, timeout=TIMEOUT_S)
-        if m.wall_s >= TIMEOUT_S:
+            m = run_measured(cmd, timeout=timeout)
+        if m.wall_s >= timeout:
             return {"error": "timeout", "timeout": True}
         if killed_for_memory(m.returncode):
             return {"error": "oom", "oom": True}
@@ -113,7 +120,7 @@ def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, t
         return r | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
 
 
-def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
+def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float, timeout: float = TIMEOUT_S) -> dict:
     """One measured edge-run-native run (the core with no Python in the process), cold as edge-run --cold is: the
     prompt is tokenized here, the process's peak RSS and reads measured as llama.cpp's are."""
     from tokenizers import Tokenizer
@@ -124,7 +131,7 @@ def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: fl
 
     manifest = load_manifest(artifact)
     ids = Tokenizer.from_file(str(artifact / manifest["tokenizer"]["path"])).encode(prompt).ids
-    budget = "all" if run.cap_pct is None else f"{run.cap_pct:g}%"
+    budget = run.expert_budget
     cmd = [str(host()), str(artifact), "--ids", ",".join(map(str, ids)), "--max-new-tokens", str(tokens),
            "--memory-budget", budget, "--threads", str(run.threads), "--temperature", str(temperature)]
     cmd += ["--preload"] if run.variant == "preload" else []
@@ -134,11 +141,11 @@ def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: fl
     cap_peak = None
     if run.ram_cap:
         with RamCap(run.ram_cap) as cap:
-            m = run_measured(cmd, preexec_fn=cap.join, timeout=TIMEOUT_S)
+            m = run_measured(cmd, preexec_fn=cap.join, timeout=timeout)
             cap_peak = cap.peak_bytes()
     else:
-        m = run_measured(cmd, timeout=TIMEOUT_S)
-    if m.wall_s >= TIMEOUT_S:
+        m = run_measured(cmd, timeout=timeout)
+    if m.wall_s >= timeout:
         return {"error": "timeout", "timeout": True}
     if killed_for_memory(m.returncode):
         return {"error": "oom", "oom": True}
@@ -150,15 +157,15 @@ def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: fl
     return {k: r[k] for k in FIGURES if k in r} | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
 
 
-def run_cosmoe(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float) -> dict:
+def run_cosmoe(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float, timeout: float = TIMEOUT_S) -> dict:
     from cosmoe_edge.runtime.policies import DEFAULT
 
     if run.runtime == "host":
-        return run_host(artifact, run, prompt, tokens, temperature)
-    budget = "all" if run.cap_pct is None else f"{run.cap_pct:g}%"
+        return run_host(artifact, run, prompt, tokens, temperature, timeout)
+    budget = run.expert_budget
     c = Config(str(artifact), run.backend, budget, DEFAULT, False, True, run.ram_cap, run.threads,
                preload=run.variant == "preload", engine=run.runtime)
-    r = run_once(c, prompt, tokens, None, temperature)
+    r = run_once(c, prompt, tokens, None, temperature, timeout)
     return r if "error" in r else {k: r[k] for k in FIGURES if k in r}
 
 
@@ -181,9 +188,10 @@ def reduce(run: Run, reports: list[dict], sizes: tuple[int, int], version: str) 
     return row
 
 
-def compare(artifact: Path, model: Path, work: Path, *, paths: list[tuple[str, str]], threads: list[int], quants: list[str],
-            caps_pct: list[float], prompt: str, tokens: int, temperature: float, repeats: int, variants: list[str],
-            progress=lambda desc, n=0: None, log=print) -> dict:
+def compare(artifact: Path, model: Path, work: Path, *, paths: list[tuple[str, str]], threads: list[int],
+            quants: list[str], caps_pct: list[float], footprint_pcts: list[float] = (), prompt: str, tokens: int,
+            temperature: float, repeats: int, variants: list[str], progress=lambda desc, n=0: None, log=print,
+            timeout_s: float = TIMEOUT_S) -> dict:
     """Every configuration, full RAM first (it sizes the caps). Returns {"rows", "llama_bench", "version"}."""
     from cosmoe_edge.export.mixtral import to_gguf
     from cosmoe_edge.runtime.manifest import load_manifest
@@ -213,16 +221,17 @@ def compare(artifact: Path, model: Path, work: Path, *, paths: list[tuple[str, s
     def measure(run: Run, base: Run) -> dict:
         reports = []
         for _ in range(repeats):
-            progress(f"{run.label} {'full RAM' if run.cap_pct is None else f'cap {run.cap_pct:g}%'}", 1)
+            progress(f"{run.label} {'full RAM' if run.cap_pct is None else f'cap {run.ram_cap / 1e6:.0f} MB'}", 1)
             if run.engine == "cosmoe-edge":
-                reports.append(run_cosmoe(artifact, run, prompt, tokens, temperature))
+                reports.append(run_cosmoe(artifact, run, prompt, tokens, temperature, timeout_s))
             else:
-                reports.append(run_llamacpp(bindir, ggufs[run.quant], run, prompt, tokens, temperature))
+                reports.append(run_llamacpp(bindir, ggufs[run.quant], run, prompt, tokens, temperature,
+                                            timeout=timeout_s))
         return reduce(run, reports, sizes[base], ours if run.engine == "cosmoe-edge" else version)
 
     rows = [measure(r, r) for r in full]
-    for run, row in capped_runs(full, rows, sizes, caps_pct):
-        rows.append(measure(run, row["base"]) | {"fixed_bytes": row["fixed_bytes"]})
+    for run, row in capped_runs(full, rows, sizes, caps_pct, footprint_pcts):
+        rows.append(measure(run, row["base"]) | {k: row[k] for k in ("fixed_bytes", "footprint_bytes") if k in row})
     progress("llama-bench", 0)
     bench = []
     for v in variants:
@@ -234,11 +243,14 @@ def compare(artifact: Path, model: Path, work: Path, *, paths: list[tuple[str, s
     return {"rows": rows, "llama_bench": bench, "version": version, "ggufs": {q: str(p) for q, p in ggufs.items()}}
 
 
-def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[float]) -> list[tuple[Run, dict]]:
+def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[float],
+                footprint_pcts=()) -> list[tuple[Run, dict]]:
     """Sets each full-RAM row's fixed_bytes (the least peak RSS minus weight bytes over the full-RAM runs
     of the same engine, backend, runtime and quant) and returns the capped runs, each with {base, fixed_bytes}:
     every run but the preloaded ones at its own cap, and llama.cpp's again at the cap of the cosmoe-edge
-    backend with the least fixed cost (the same RAM for both engines)."""
+    backend with the least fixed cost (the same RAM for both engines). footprint_pcts: caps of P% of llama.cpp's
+    footprint (its first quant's GGUF + its fixed cost), the same absolute cap for every run; a cosmoe-edge run's
+    expert budget is what the cap leaves after its fixed cost and backbone (a model larger than the RAM)."""
     for base, row in zip(full, rows, strict=True):
         same = [x["peak_rss_bytes"] - sum(sizes[b]) for x, b in zip(rows, full, strict=True)
                 if "peak_rss_bytes" in x
@@ -262,12 +274,27 @@ def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[f
             if base.engine == "llama.cpp" and lightest:
                 out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct,
                                 cap(*lightest, pct), lightest[0].path), extra))
+    theirs = [(b, r) for b, r in zip(full, rows, strict=True) if b.engine == "llama.cpp" and r["fixed_bytes"] is not None]
+    if footprint_pcts and theirs:
+        q = theirs[0][0].quant
+        footprint = min(sum(sizes[b]) + r["fixed_bytes"] for b, r in theirs if b.quant == q)
+        for pct in footprint_pcts:
+            ram = int(pct / 100 * footprint)
+            for base, row in zip(full, rows, strict=True):
+                if row["fixed_bytes"] is None or base.variant == "preload":
+                    continue
+                budget = ""
+                if base.engine == "cosmoe-edge":  # what the cap leaves for experts (at least 1: refused in one line)
+                    budget = str(max(1, ram - row["fixed_bytes"] - sizes[base][0]))
+                out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct, ram, FOOTPRINT,
+                                base.runtime, budget), {"base": base, "fixed_bytes": row["fixed_bytes"],
+                                                        "footprint_bytes": footprint}))
     return out
 
 
-def total_runs(paths, threads, quants, variants, caps_pct, repeats) -> int:
+def total_runs(paths, threads, quants, variants, caps_pct, repeats, footprint_pcts=()) -> int:
     ours, theirs = len(paths) * len(threads), len(quants) * len(variants) * len(threads)
-    return (2 * ours + theirs + (ours + 2 * theirs) * len(caps_pct)) * repeats
+    return (2 * ours + theirs + (ours + 2 * theirs) * len(caps_pct) + (ours + theirs) * len(footprint_pcts)) * repeats
 
 
 def plot_title(name: str, result: dict) -> str:
@@ -293,20 +320,24 @@ def plot(rows: list[dict], path: Path, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = sorted({r["cap_pct"] for r in rows if r["cap_pct"] is not None}, reverse=True)
-    pos = {None: 0} | {p: i + 1 for i, p in enumerate(xs)}
+    def at(r):  # an x position: full RAM, then the per-engine caps, then the shares of llama.cpp's footprint
+        return None if r["cap_pct"] is None else (r.get("cap_of") == FOOTPRINT, -r["cap_pct"])
+
+    xs = sorted({at(r) for r in rows if r["cap_pct"] is not None})
+    pos = {None: 0} | {x: i + 1 for i, x in enumerate(xs)}
     fig, ax = plt.subplots(figsize=(8.4, 4.2))
     for label in dict.fromkeys(r["label"] for r in rows):
         mine = [r for r in rows if r["label"] == label]
-        pts = sorted((pos[r["cap_pct"]], r.get("decode_tokens_per_s", 0.0)) for r in mine)
+        pts = sorted((pos[at(r)], r.get("decode_tokens_per_s", 0.0)) for r in mine)
         r = mine[0]
         ax.plot([p for p, _ in pts], [v for _, v in pts], "-" if r["threads"] == 1 else "--",
                 marker="o" if r["engine"] == "cosmoe-edge" else "^" if r.get("cap_of") else "s",
                 alpha=0.45 if r.get("cap_of") else 1.0,
                 color=COLORS.get((r["engine"], r["backend"] + (f"/{r['runtime']}" if r.get("runtime") else ""),
                                   r["variant"]), "gray"), label=label)
-    ax.set_xticks(range(len(xs) + 1), ["full RAM"] + [f"+{p:g}%" for p in xs])
-    ax.set_xlabel("RAM cap: each engine's fixed cost + backbone + this share of its expert bytes", fontsize=8)
+    ax.set_xticks(range(len(xs) + 1), ["full RAM"] + [f"{-p:g}% of llama.cpp" if fp else f"+{-p:g}%" for fp, p in xs])
+    ax.set_xlabel("RAM cap: +P%: each engine's fixed cost + backbone + P% of its expert bytes; P% of llama.cpp: "
+                  "P% of llama.cpp's GGUF + fixed cost, the same for all", fontsize=7)
     ax.set_ylabel("decode tokens/s (median; 0: killed)", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
