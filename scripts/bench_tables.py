@@ -1,6 +1,6 @@
 """Markdown tables of an edge-bench run (its results.json), written between the figure markers of
 docs/BENCHMARKS.md with links to the run's plots.
-Usage: python scripts/bench_tables.py [docs/bench] [--out docs/BENCHMARKS.md]
+Usage: python scripts/bench_tables.py [docs/bench] [--out docs/BENCHMARKS.md] [--marker figures]
 """
 
 import argparse
@@ -21,6 +21,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path, nargs="?", default=Path("docs/bench"))
     ap.add_argument("--out", type=Path, default=Path("docs/BENCHMARKS.md"))
+    ap.add_argument("--marker", default="figures", help="the <!-- NAME:start/end --> block to write")
     a = ap.parse_args()
     d = json.loads((a.results / "results.json").read_text())
     hw, rows = d["machine"], [r for r in d["rows"] if "decode_tokens_per_s" in r]
@@ -38,10 +39,10 @@ def main():
     for r in rows:
         if r["policy"] == "eager":
             continue
-        key = (Path(r["artifact"]).name, r["backend"])
+        key = (Path(r["artifact"]).name, r["backend"] + (f":{r['engine']}" if r.get("engine") else ""))
         groups.setdefault(key, {}).setdefault(variant(r), {})[r["budget"]] = r
     lines += ["### Decode tokens/s by expert budget (ratio to all experts resident)", "",
-              "| artifact / backend | policy | " + " | ".join(BUDGETS) + " | no cache |",
+              "| artifact / backend:engine | policy | " + " | ".join(BUDGETS) + " | no cache |",
               "|---|---|" + "---|" * (len(BUDGETS) + 1)]
     for (art, backend), variants in groups.items():
         full = variants.get("lru", {}).get("all", {}).get("decode_tokens_per_s")
@@ -59,7 +60,7 @@ def main():
             lines.append(f"| {art} / {backend} | {v} | " + " | ".join(cells) + f" | {nc} |")
 
     lines += ["", "### Expert cache hit rate, misses per decoded token, peak RSS (lru, no prefetch)", "",
-              "| artifact / backend | " + " | ".join(BUDGETS[1:]) + " |", "|---|" + "---|" * (len(BUDGETS) - 1)]
+              "| artifact / backend:engine | " + " | ".join(BUDGETS[1:]) + " |", "|---|" + "---|" * (len(BUDGETS) - 1)]
     for (art, backend), variants in groups.items():
         cells = []
         for b in BUDGETS[1:]:
@@ -89,7 +90,7 @@ def main():
     plots = [p for p in sorted(a.results.glob("*.png")) if p.stem != "bles_frontier"]  # that one is the card's
     lines += [f"![{p.stem}]({rel}/{p.name})" for p in plots]
     body = "\n".join(lines)
-    write_between_markers(a.out, body)
+    write_between_markers(a.out, body, a.marker)
     print(body)
 
 

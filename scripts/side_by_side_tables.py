@@ -10,18 +10,25 @@ from pathlib import Path
 
 from doc_figures import write_between_markers
 
-ORDER = ["default", "llamacpp-ref", "wearable"]
+from cosmoe_edge.bench.side_by_side import FOOTPRINT
+
+ORDER = ["default", "llamacpp-ref", "wearable", "moe-1.2b"]
 
 
 def mb(b) -> str:
     return f"{b / 1e6:.0f}"
 
 
+def path(r) -> str:
+    """cosmoe-edge's backend and runtime (executorch/native), or llama.cpp."""
+    return r["backend"] + (f"/{r['runtime']}" if r.get("runtime") else "")
+
+
 def best(rows, engine, cap_pct, threads=None, variants=None, cap_of="", backend=None):
-    """The fastest row of `engine` at this cap (and thread count), or None."""
+    """The fastest row of `engine` at this cap (and thread count), or None. backend: a path(r) or a backend."""
     ok = [r for r in rows if r["engine"] == engine and r["cap_pct"] == cap_pct and "decode_tokens_per_s" in r
           and (threads is None or r["threads"] == threads) and (variants is None or r["variant"] in variants)
-          and r.get("cap_of", "") == cap_of and (backend is None or r["backend"] == backend)]
+          and r.get("cap_of", "") == cap_of and (backend is None or backend in (r["backend"], path(r)))]
     return max(ok, key=lambda r: r["decode_tokens_per_s"], default=None)
 
 
@@ -39,8 +46,16 @@ def goals(rows) -> list[str]:
     for t in sorted({r["threads"] for r in rows}):
         out.append(f"- full RAM, {t} thread{'s' if t > 1 else ''}: "
                    f"{ratio(best(rows, 'cosmoe-edge', None, t, ours), best(rows, 'llama.cpp', None, t))}")
-    same = next((r["cap_of"] for r in rows if r.get("cap_of")), None)
-    for p in sorted({r["cap_pct"] for r in rows if r["cap_pct"] is not None}, reverse=True):
+    same = next((r["cap_of"] for r in rows if r.get("cap_of") and r["cap_of"] != FOOTPRINT), None)
+    for p in sorted({r["cap_pct"] for r in rows if r.get("cap_of") == FOOTPRINT}, reverse=True):
+        ram = next(r["ram_cap"] for r in rows if r.get("cap_of") == FOOTPRINT and r["cap_pct"] == p)
+        ours, theirs = (best(rows, e, p, cap_of=FOOTPRINT) for e in ("cosmoe-edge", "llama.cpp"))
+        out.append(f"- cap {p:g}% of llama.cpp's footprint ({mb(ram)} MB for every engine), best of each: "
+                   + (ratio(ours, theirs) if theirs else
+                      f"cosmoe-edge {ours['label']} {ours['decode_tokens_per_s']:.1f} tok/s; llama.cpp: no run finished"
+                      if ours else "no run finished"))
+    for p in sorted({r["cap_pct"] for r in rows if r["cap_pct"] is not None and r.get("cap_of") != FOOTPRINT},
+                    reverse=True):
         out.append(f"- cap +{p:g}%, each engine at its own cap, best of each: "
                    f"{ratio(best(rows, 'cosmoe-edge', p), best(rows, 'llama.cpp', p))}")
         if same:
@@ -56,7 +71,7 @@ def table(name: str, d: dict) -> list[str]:
     fixed = {}
     for r in rows:
         if r["cap_pct"] is None and r.get("fixed_bytes") is not None:
-            fixed[r["backend"] if r["engine"] == "cosmoe-edge" else "llama.cpp"] = r["fixed_bytes"]
+            fixed[path(r) if r["engine"] == "cosmoe-edge" else "llama.cpp"] = r["fixed_bytes"]
     lines = [f"### {name}", "",
              f"Weights: cosmoe-edge int4 {mb(ours['backbone_bytes'])} MB backbone + {mb(ours['expert_bytes'])} MB "
              f"experts ({ours['backend']}); llama.cpp Q4_0 GGUF {mb(theirs['backbone_bytes'])} MB + "
@@ -66,11 +81,15 @@ def table(name: str, d: dict) -> list[str]:
              "| engine / variant | threads | RAM cap MB | decode tok/s [min-max] | prefill tok/s | TTFT ms "
              "| peak RSS MB | cgroup peak MB | read MB | status |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in sorted(rows, key=lambda r: (-(r["cap_pct"] or 1000), r["engine"], r["label"])):
-        cap = "full RAM" if r["cap_pct"] is None else f"+{r['cap_pct']:g}%: {mb(r['ram_cap'])}"
+    for r in sorted(rows, key=lambda r: (r.get("cap_of") == FOOTPRINT, -(r["cap_pct"] or 1000), r["engine"], r["label"])):
+        cap = ("full RAM" if r["cap_pct"] is None else f"{r['cap_pct']:g}% of llama.cpp: {mb(r['ram_cap'])}"
+               if r.get("cap_of") == FOOTPRINT else f"+{r['cap_pct']:g}%: {mb(r['ram_cap'])}")
+        if r.get("budget"):
+            cap += f" (experts {mb(float(r['budget']))})"
         if "decode_tokens_per_s" not in r:
+            why = f"; {r['error'][:90]}" if r.get("error") and r["status"] == "failed" else ""
             lines.append(f"| {r['label']} | {r['threads']} | {cap} | | | | | | | **{r['status']}** "
-                         f"({r.get('oom_runs', 0)} oom, {r.get('timeout_runs', 0)} timeout of {r['runs']}) |")
+                         f"({r.get('oom_runs', 0)} oom, {r.get('timeout_runs', 0)} timeout of {r['runs']}{why}) |")
             continue
         status = r["status"] if r["status"] == "ok" else (f"**{r['status']}** ({r['oom_runs']} oom, "
                                                           f"{r['timeout_runs']} timeout of {r['runs']})")

@@ -351,6 +351,14 @@ def test_prepared_cache_gives_the_same_tokens_and_refuses_damage(shipped, tmp_pa
     plain = run_engine(NativeEngine, artifact, prompts[0], budget_bytes=budget)
     cached = run_engine(NativeEngine, artifact, prompts[0], budget_bytes=budget, packed_cache=packed)
     assert cached["tokens"] == plain["tokens"] and cached["events"] == plain["events"]
+    # --cold starts with the packed cache out of memory too, as a device's flash would hold it
+    from cosmoe_edge.runtime.options import RunOptions
+    from cosmoe_edge.runtime.run import cold_files
+
+    m = load_manifest(artifact)
+    assert packed in cold_files(artifact, m, RunOptions(prompt="x", cold=True))
+    assert packed not in cold_files(artifact, m, RunOptions(prompt="x", cold=True, engine="python"))
+    assert packed not in cold_files(artifact, m, RunOptions(prompt="x", cold=True, packed_cache=False))
     # another ExecuTorch build: not used, and said so
     meta_path = packed.parent / prepare.PREPARED
     good = meta_path.read_text()

@@ -137,7 +137,7 @@ def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: fl
     cmd += ["--preload"] if run.variant == "preload" else []
     if (packed := prepared_cache(artifact)) is not None:
         cmd += ["--packed-cache", str(packed)]
-    drop_page_cache(artifact_files(artifact, manifest))
+    drop_page_cache(artifact_files(artifact, manifest) + ([packed] if packed else []))  # cold, as edge-run --cold
     cap_peak = None
     if run.ram_cap:
         with RamCap(run.ram_cap) as cap:
@@ -285,7 +285,7 @@ def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[f
                     continue
                 budget = ""
                 if base.engine == "cosmoe-edge":  # what the cap leaves for experts (at least 1: refused in one line)
-                    budget = str(max(1, ram - row["fixed_bytes"] - sizes[base][0]))
+                    budget = str(int(max(1, ram - row["fixed_bytes"] - sizes[base][0])))
                 out.append((Run(base.engine, base.backend, base.quant, base.threads, base.variant, pct, ram, FOOTPRINT,
                                 base.runtime, budget), {"base": base, "fixed_bytes": row["fixed_bytes"],
                                                         "footprint_bytes": footprint}))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from cosmoe_edge.errors import ArtifactError, RequestError
+from cosmoe_edge.errors import ArtifactError, EdgeError, RequestError
 from cosmoe_edge.runtime.backends import import_runtime
 from cosmoe_edge.runtime.engine import Engine
 from cosmoe_edge.runtime.generate import Sampler, generate
@@ -57,6 +57,18 @@ def load_tokenizer(artifact: Path, manifest: dict, verify: bool) -> Tokenizer:
         raise ArtifactError(f"{tok_path.name} is not a valid tokenizer file", "bad_tokenizer") from None
 
 
+def cold_files(artifact: Path, manifest: dict, o: RunOptions) -> list[Path]:
+    """What --cold drops from the page cache: the artifact's files and the prepared packed cache this run would map."""
+    files = artifact_files(artifact, manifest)
+    if o.backend == "executorch" and o.packed_cache and o.engine != "python":
+        try:
+            packed = prepared_cache(artifact)
+        except EdgeError:  # no core in this install, or a damaged cache: the run itself says so
+            packed = None
+        files += [packed] if packed else []
+    return files
+
+
 def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> dict:
     """Generate from `artifact` as `options` ask, streaming text to `stream` (prompt first); returns the
     report. Raises EdgeError subclasses for what a user can cause."""
@@ -64,7 +76,7 @@ def run(artifact, options: RunOptions, *, stream=None, on_cache_event=None) -> d
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     if o.cold:
-        drop_page_cache(artifact_files(artifact, manifest))
+        drop_page_cache(cold_files(artifact, manifest, o))
     read0 = storage_read_bytes()
     tokenizer = load_tokenizer(artifact, manifest, o.verify)
     prompt_ids = tokenizer.encode(o.prompt).ids
