@@ -7,8 +7,8 @@
 #                  cost): a model larger than the RAM, the same absolute cap for every engine
 # cosmoe-edge runs as edge-run's native engine and as edge-run-native (the core with no Python in the process,
 # "host") on ExecuTorch, each artifact prepared first (edge-prepare), and as the Python engine on ONNX.
-# The first three: full RAM, then caps of each engine's fixed cost + backbone + 100/50/25% of its expert bytes,
-# threads 1 and 2, llama.cpp Q4_0 with and without its repack. Needs root or a delegated cgroup for the caps;
+# The others: full RAM, then caps of each engine's fixed cost + backbone + P% of its expert bytes, threads 1
+# and 2, llama.cpp Q4_0 with and without its repack. Needs root or a delegated cgroup for the caps;
 # builds llama.cpp once (runs/llamacpp). Then the tables and the plots.
 # Usage: scripts/side_by_side.sh [default llamacpp-ref wearable moe-1.2b]
 set -euo pipefail
@@ -31,11 +31,11 @@ for name in "${models[@]}"; do
   [ -f "$art/manifest.json" ] && [ "$art/manifest.json" -nt cosmoe_edge/export/programs.py ] \
     || .venv/bin/edge-export "$ckpt" --quant int4 --out "$art" --force --no-verify
   .venv/bin/edge-prepare "$art"
-  if [ "$name" = moe-1.2b ]; then  # 32 tokens and a 120 s limit: llama.cpp thrashes under these caps
-    caps=(--backends executorch --footprint-caps 60%,40% --max-new-tokens 32 --peer-timeout 120 --repeats 2)
-  else
-    caps=(--backends executorch,onnx --ram-cap 100%,50%,25% --max-new-tokens 64 --repeats 2)
-  fi
+  case "$name" in  # what each section of docs/BENCHMARKS.md ran (2026-12-07); thrashing runs are cut short
+    moe-1.2b) caps=(--backends executorch --footprint-caps 60%,40% --max-new-tokens 32 --peer-timeout 120 --repeats 2) ;;
+    default) caps=(--backends executorch,onnx --ram-cap 100%,50%,25% --max-new-tokens 64 --repeats 2) ;;
+    *) caps=(--backends executorch --ram-cap 50%,25% --max-new-tokens 64 --peer-timeout 60 --repeats 1) ;;
+  esac
   .venv/bin/edge-bench "$art" --model "$ckpt" --peer llama.cpp --engines default,host --threads 1,2 \
       --peer-variants repack,no-repack --temperature "$temp" "${caps[@]}" --out "$OUT/$name"
 done

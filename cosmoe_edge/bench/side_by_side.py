@@ -96,28 +96,37 @@ def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, t
                                       repack=run.variant != "no-repack", mmap=run.variant != "no-mmap")
     for attempt in range(attempts):
         drop_page_cache([gguf])
-        cap_peak = None
-        if run.ram_cap:
-            with RamCap(run.ram_cap) as cap:
-                m = run_measured(cmd, preexec_fn=cap.join, timeout=timeout)
-                cap_peak = cap.peak_bytes()
-        else:
-            m = run_measured(cmd, timeout=timeout)
-        if m.wall_s >= timeout:
-            return {"error": "timeout", "timeout": True}
-        if killed_for_memory(m.returncode):
-            return {"error": "oom", "oom": True}
-        if m.returncode != 0:
-            lines = m.stderr.strip().splitlines()
-            return {"error": lines[-1] if lines else f"exit code {m.returncode}"}
+        m, figures = measured(cmd, run.ram_cap, timeout)
+        if "error" in figures:
+            return figures
         try:
             r = llamacpp.parse_timings(m.stderr)
         except ValueError as e:
             if attempt + 1 < attempts:
                 continue
             return {"error": str(e)}
-        r |= {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes, "log_lost_runs": attempt}
-        return r | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
+        return r | figures | {"log_lost_runs": attempt}
+
+
+def measured(cmd: list[str], ram_cap: int | None, timeout: float):
+    """Run cmd in a fresh process (inside a memory cgroup of ram_cap bytes, if given): (its Measured, and its
+    peak RSS, bytes read and cgroup peak, or {"error"} with "oom" or "timeout" when it was killed or failed)."""
+    cap_peak = None
+    if ram_cap:
+        with RamCap(ram_cap) as cap:
+            m = run_measured(cmd, preexec_fn=cap.join, timeout=timeout)
+            cap_peak = cap.peak_bytes()
+    else:
+        m = run_measured(cmd, timeout=timeout)
+    if m.wall_s >= timeout:
+        return m, {"error": "timeout", "timeout": True}
+    if killed_for_memory(m.returncode):
+        return m, {"error": "oom", "oom": True}
+    if m.returncode != 0:
+        lines = m.stderr.strip().splitlines()
+        return m, {"error": lines[-1] if lines else f"exit code {m.returncode}"}
+    return m, {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes} | (
+        {"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
 
 
 def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float, timeout: float = TIMEOUT_S) -> dict:
@@ -138,23 +147,11 @@ def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: fl
     if (packed := prepared_cache(artifact)) is not None:
         cmd += ["--packed-cache", str(packed)]
     drop_page_cache(artifact_files(artifact, manifest) + ([packed] if packed else []))  # cold, as edge-run --cold
-    cap_peak = None
-    if run.ram_cap:
-        with RamCap(run.ram_cap) as cap:
-            m = run_measured(cmd, preexec_fn=cap.join, timeout=timeout)
-            cap_peak = cap.peak_bytes()
-    else:
-        m = run_measured(cmd, timeout=timeout)
-    if m.wall_s >= timeout:
-        return {"error": "timeout", "timeout": True}
-    if killed_for_memory(m.returncode):
-        return {"error": "oom", "oom": True}
-    if m.returncode != 0:
-        lines = m.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit code {m.returncode}"}
+    m, figures = measured(cmd, run.ram_cap, timeout)
+    if "error" in figures:
+        return figures
     r = json.loads(m.stdout)
-    r |= {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes}
-    return {k: r[k] for k in FIGURES if k in r} | ({"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
+    return {k: r[k] for k in FIGURES if k in r} | figures  # the OS's peak RSS and reads, as llama.cpp's
 
 
 def run_cosmoe(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float, timeout: float = TIMEOUT_S) -> dict:
