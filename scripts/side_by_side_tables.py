@@ -10,7 +10,7 @@ from pathlib import Path
 
 from doc_figures import write_between_markers
 
-from cosmoe_edge.bench.side_by_side import FOOTPRINT
+from cosmoe_edge.bench.side_by_side import FOOTPRINT, path_of
 
 ORDER = ["default", "llamacpp-ref", "wearable", "moe-1.2b"]
 
@@ -20,8 +20,7 @@ def mb(b) -> str:
 
 
 def path(r) -> str:
-    """cosmoe-edge's backend and runtime (executorch/native), or llama.cpp."""
-    return r["backend"] + (f"/{r['runtime']}" if r.get("runtime") else "")
+    return path_of(r["backend"], r.get("runtime", ""))
 
 
 def best(rows, engine, cap_pct, threads=None, variants=None, cap_of="", backend=None):

@@ -10,8 +10,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
 from cosmoe_edge.runtime import report as report_schema
 from cosmoe_edge.runtime.cli import command
+from cosmoe_edge.runtime.metrics import run_measured
+from cosmoe_edge.runtime.native import engine_runs
 from cosmoe_edge.runtime.options import RunOptions
 
 
@@ -78,7 +81,7 @@ def matrix(artifacts, backends, budgets, policies, prefetch_modes, cold, ram_cap
     the budgets'. The native engine runs ExecuTorch only: it is left out of the ONNX backend's runs."""
     out = []
     for a, b, e, t in itertools.product(artifacts, backends, engines, threads):
-        if e == "native" and b != "executorch":
+        if not engine_runs(e, b):
             continue
         out.append(Config(a, b, "all", "lru", False, cold, threads=t, engine=e))
         out.append(Config(a, b, "all", "none", False, cold, threads=t, engine=e))
@@ -101,31 +104,36 @@ def run_once(c: Config, prompt: str, max_new_tokens: int, model: str | None, tem
         else:
             cmd = command(c.artifact, c.run_options(prompt=prompt, max_new_tokens=max_new_tokens,
                                                     temperature=temperature), report=report)
-        if c.ram_cap:
-            from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
-
-            with RamCap(c.ram_cap) as cap:
-                try:
-                    p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap.join, timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    return {"error": "timeout", "timeout": True}
-                cap_peak = cap.peak_bytes()
-            if killed_for_memory(p.returncode):
-                return {"error": "oom", "oom": True}
-        else:
-            try:
-                p, cap_peak = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout), None
-            except subprocess.TimeoutExpired:
-                return {"error": "timeout", "timeout": True}
-        if p.returncode != 0:
-            lines = (p.stderr or p.stdout).strip().splitlines()
-            return {"error": lines[-1] if lines else f"exit code {p.returncode}"}
+        _, figures = measured(cmd, c.ram_cap, timeout)
+        if "error" in figures:
+            return figures
         r = json.loads(report.read_text())
         if problems := report_schema.problems(r):  # never a silent zero for a key the writer left out
             return {"error": "the report does not follow report.schema.json: " + "; ".join(problems)}
-        if cap_peak is not None:
-            r["cgroup_peak_bytes"] = cap_peak  # page cache included, as the cap saw it
+        if "cgroup_peak_bytes" in figures:
+            r["cgroup_peak_bytes"] = figures["cgroup_peak_bytes"]  # page cache included, as the cap saw it
         return r
+
+
+def measured(cmd: list[str], ram_cap: int | None, timeout: float | None = None):
+    """Run cmd in a fresh process (inside a memory cgroup of ram_cap bytes, if given): its Measured, and its
+    peak RSS, bytes read and cgroup peak, or {"error"} (with "oom" or "timeout" when it was killed)."""
+    cap_peak = None
+    if ram_cap:
+        with RamCap(ram_cap) as cap:
+            m = run_measured(cmd, preexec_fn=cap.join, timeout=timeout)
+            cap_peak = cap.peak_bytes()
+    else:
+        m = run_measured(cmd, timeout=timeout)
+    if timeout is not None and m.wall_s >= timeout:
+        return m, {"error": "timeout", "timeout": True}
+    if killed_for_memory(m.returncode):
+        return m, {"error": "oom", "oom": True}
+    if m.returncode != 0:
+        lines = (m.stderr or m.stdout).strip().splitlines()
+        return m, {"error": lines[-1] if lines else f"exit code {m.returncode}"}
+    return m, {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes} | (
+        {"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
 
 
 def run_eval(c: Config, tokens: int) -> dict:

@@ -18,12 +18,11 @@ llama-bench's prefill/decode figures go beside them."""
 
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from cosmoe_edge.bench import llamacpp
-from cosmoe_edge.bench.ramcap import RamCap, killed_for_memory
-from cosmoe_edge.bench.runs import Config, run_once
+from cosmoe_edge.bench.runs import Config, measured, run_once
 from cosmoe_edge.runtime.metrics import drop_page_cache, run_measured
 
 FOOTPRINT = "llama.cpp's footprint"  # Run.cap_of of the caps that are a share of llama.cpp's own RAM
@@ -53,8 +52,7 @@ class Run:
 
     @property
     def path(self) -> str:
-        """A cosmoe-edge backend and its runtime: executorch/native."""
-        return self.backend + (f"/{self.runtime}" if self.runtime else "")
+        return path_of(self.backend, self.runtime)
 
     @property
     def label(self) -> str:
@@ -64,13 +62,18 @@ class Run:
         return f"{self.engine} {backend}{self.variant} {self.quant} t{self.threads}{where}"
 
 
+def path_of(backend: str, runtime: str) -> str:
+    """A cosmoe-edge backend and its runtime, executorch/native (a row's or a Run's); llama.cpp's backend alone."""
+    return backend + (f"/{runtime}" if runtime else "")
+
+
 def cosmoe_paths(backends: list[str], engines: list[str], manifest: dict) -> list[tuple[str, str]]:
     """(backend, runtime) pairs that run: engines "" is each backend's default; the native core (native, host) runs
     ExecuTorch only, so it is left out of the ONNX backend."""
-    from cosmoe_edge.runtime.native import default_engine
+    from cosmoe_edge.runtime.native import default_engine, engine_runs
 
     pairs = [(b, e or default_engine(b, manifest)) for b in backends for e in engines]
-    return list(dict.fromkeys(p for p in pairs if p[1] == "python" or p[0] == "executorch"))
+    return list(dict.fromkeys((b, e) for b, e in pairs if engine_runs(e, b)))
 
 
 def gguf_sizes(path: Path) -> tuple[int, int]:
@@ -106,27 +109,6 @@ def run_llamacpp(bindir: Path, gguf: Path, run: Run, prompt: str, tokens: int, t
                 continue
             return {"error": str(e)}
         return r | figures | {"log_lost_runs": attempt}
-
-
-def measured(cmd: list[str], ram_cap: int | None, timeout: float):
-    """Run cmd in a fresh process (inside a memory cgroup of ram_cap bytes, if given): (its Measured, and its
-    peak RSS, bytes read and cgroup peak, or {"error"} with "oom" or "timeout" when it was killed or failed)."""
-    cap_peak = None
-    if ram_cap:
-        with RamCap(ram_cap) as cap:
-            m = run_measured(cmd, preexec_fn=cap.join, timeout=timeout)
-            cap_peak = cap.peak_bytes()
-    else:
-        m = run_measured(cmd, timeout=timeout)
-    if m.wall_s >= timeout:
-        return m, {"error": "timeout", "timeout": True}
-    if killed_for_memory(m.returncode):
-        return m, {"error": "oom", "oom": True}
-    if m.returncode != 0:
-        lines = m.stderr.strip().splitlines()
-        return m, {"error": lines[-1] if lines else f"exit code {m.returncode}"}
-    return m, {"peak_rss_bytes": m.peak_rss_bytes, "storage_read_bytes": m.read_bytes} | (
-        {"cgroup_peak_bytes": cap_peak} if cap_peak is not None else {})
 
 
 def run_host(artifact: Path, run: Run, prompt: str, tokens: int, temperature: float, timeout: float = TIMEOUT_S) -> dict:
@@ -320,8 +302,11 @@ def plot(rows: list[dict], path: Path, title: str):
     def at(r):  # an x position: full RAM, then the per-engine caps, then the shares of llama.cpp's footprint
         return None if r["cap_pct"] is None else (r.get("cap_of") == FOOTPRINT, -r["cap_pct"])
 
-    def series(r):  # a footprint cap is one more point of the engine's own line (the same cap for all)
-        return r["label"].split(" at ")[0] if r.get("cap_of") == FOOTPRINT else r["label"]
+    def series(r):  # a footprint cap is one more point of the run's own line (the same cap for all): its full-RAM label
+        if r.get("cap_of") != FOOTPRINT:
+            return r["label"]
+        run = Run(**{f.name: r[f.name] for f in fields(Run) if f.name in r})
+        return replace(run, cap_pct=None, ram_cap=None, cap_of="", budget="").label
 
     xs = sorted({at(r) for r in rows if r["cap_pct"] is not None})
     pos = {None: 0} | {x: i + 1 for i, x in enumerate(xs)}
@@ -334,8 +319,8 @@ def plot(rows: list[dict], path: Path, title: str):
         ax.plot([p for p, _ in pts], [v for _, v in pts], "-" if r["threads"] == 1 else "--",
                 marker="o" if r["engine"] == "cosmoe-edge" else "^" if same_ram else "s",
                 alpha=0.45 if same_ram else 1.0,
-                color=COLORS.get((r["engine"], r["backend"] + (f"/{r['runtime']}" if r.get("runtime") else ""),
-                                  r["variant"]), "gray"), label=label)
+                color=COLORS.get((r["engine"], path_of(r["backend"], r.get("runtime", "")), r["variant"]), "gray"),
+                label=label)
     ax.set_xticks(range(len(xs) + 1), ["full RAM"] + [f"{-p:g}% of llama.cpp" if fp else f"+{-p:g}%" for fp, p in xs])
     ax.set_xlabel("RAM cap. +P%: each engine's fixed cost + backbone + P% of its experts;\n"
                   "P% of llama.cpp: of its GGUF + fixed cost, one cap for all", fontsize=7)

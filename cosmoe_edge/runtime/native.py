@@ -50,10 +50,16 @@ def host() -> Path:
     return Path(found)
 
 
+def engine_runs(engine: str, backend: str) -> bool:
+    """Whether `engine` (native, host: the core; python; "": the backend's default) runs `backend`: the core runs
+    ExecuTorch programs only so far."""
+    return engine in ("", "python") or backend == "executorch"
+
+
 def default_engine(backend: str, manifest: dict) -> str:
     """ExecuTorch runs natively by default; the ONNX path and PEER layers are not in the core yet, and run on the
     Python engine (the report's `engine` says which ran)."""
-    return "native" if backend == "executorch" and "peer" not in manifest else "python"
+    return "native" if engine_runs("native", backend) and "peer" not in manifest else "python"
 
 
 def embedding_layout(path: Path) -> tuple[int, int, bool]:
@@ -77,7 +83,7 @@ class NativeEngine:
                  policy: str = DEFAULT, verify: bool = True, prefetch: bool = False, threads: int = 1,
                  on_cache_event=None, experts_per_token: int | None = None, on_miss: str = "wait",
                  skip_below: float = 0.5, cache_bias: float = 0.0, packed_cache: Path | None = None):
-        if backend != "executorch":
+        if not engine_runs("native", backend):
             raise RequestError("the native engine runs ExecuTorch programs only so far; pass --engine python for "
                                f"--backend {backend}", "bad_option")
         native = core()
