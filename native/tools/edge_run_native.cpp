@@ -22,6 +22,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 using json = nlohmann::json;
@@ -58,19 +59,25 @@ std::string read_text(const std::string& path) {
   return s.str();
 }
 
-// One safetensors file read whole: {name: (dtype, shape, byte offset in the file)} and its bytes.
+// One safetensors file's header: {name: dtype, shape, data_offsets}; arrays are read on request (the embedding's
+// rows are mapped by the core, so only its offsets are needed here).
 struct Safetensors {
-  std::string bytes;
+  std::string path;
   json header;
-  size_t data = 0;
+  uint64_t data = 0, size = 0;
 
-  explicit Safetensors(const std::string& path) : bytes(read_text(path)) {
+  explicit Safetensors(std::string file) : path(std::move(file)) {
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
+    if (!f) throw Usage("cannot read " + path);
+    size = uint64_t(f.tellg());
     uint64_t n = 0;
-    if (bytes.size() < 8) throw Usage(path + " is not a valid safetensors file (too short)");
-    std::memcpy(&n, bytes.data(), 8);
-    if (n > bytes.size() - 8) throw Usage(path + " is not a valid safetensors file (header past the end)");
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + long(n), nullptr, false);
-    if (header.is_discarded() || !header.is_object()) throw Usage(path + " is not a valid safetensors file");
+    if (size < 8 || !f.seekg(0).read(reinterpret_cast<char*>(&n), 8))
+      throw Usage(path + " is not a valid safetensors file (too short)");
+    if (n > size - 8) throw Usage(path + " is not a valid safetensors file (header past the end)");
+    std::string text(n, '\0');
+    f.read(text.data(), std::streamsize(n));
+    header = json::parse(text, nullptr, false);
+    if (!f || header.is_discarded() || !header.is_object()) throw Usage(path + " is not a valid safetensors file");
     data = 8 + n;
   }
   int64_t offset(const std::string& name) const {
@@ -78,15 +85,17 @@ struct Safetensors {
     return int64_t(data) + header[name]["data_offsets"][0].get<int64_t>();
   }
   // fp32 array `name` with `count` values appended to out
-  void f32(const std::string& name, size_t count, std::vector<float>& out, const std::string& path) const {
+  void f32(const std::string& name, size_t count, std::vector<float>& out) const {
     if (!header.contains(name) || header[name]["dtype"] != "F32")
       throw Usage(path + " has no fp32 '" + name + "'");
     auto o = header[name]["data_offsets"];
-    size_t start = data + o[0].get<size_t>(), end = data + o[1].get<size_t>();
-    if (end - start != count * 4 || end > bytes.size()) throw Usage(path + ": '" + name + "' does not fit the file");
+    uint64_t start = data + o[0].get<uint64_t>(), end = data + o[1].get<uint64_t>();
+    if (end - start != count * 4 || end > size) throw Usage(path + ": '" + name + "' does not fit the file");
     size_t at = out.size();
     out.resize(at + count);
-    std::memcpy(out.data() + at, bytes.data() + start, count * 4);
+    std::ifstream f(path, std::ios::binary);
+    if (!f.seekg(std::streamoff(start)).read(reinterpret_cast<char*>(out.data() + at), std::streamsize(count * 4)))
+      throw Usage("cannot read " + path);
   }
 };
 
@@ -236,7 +245,7 @@ int run(const Options& o) {
   auto stacked = [&](const json& entry, std::vector<float>& out) {
     std::string path = o.artifact + "/" + entry.at("path").get<std::string>();
     Safetensors st(path);
-    for (int l = 0; l < p.n_layers; ++l) st.f32("layer_" + std::to_string(l), per_layer, out, path);
+    for (int l = 0; l < p.n_layers; ++l) st.f32("layer_" + std::to_string(l), per_layer, out);
   };
   if (m.contains("compressed_experts")) stacked(m["compressed_experts"], vectors), p.vectors = vectors.data();
   if (o.prefetch) stacked(m.at("routers"), routers), p.routers = routers.data();
