@@ -82,7 +82,8 @@ class NativeEngine:
     def __init__(self, artifact, backend: str = "executorch", *, budget_bytes: int | None = None,
                  policy: str = DEFAULT, verify: bool = True, prefetch: bool = False, threads: int = 1,
                  on_cache_event=None, experts_per_token: int | None = None, on_miss: str = "wait",
-                 skip_below: float = 0.5, cache_bias: float = 0.0, packed_cache: Path | None = None):
+                 skip_below: float = 0.5, cache_bias: float = 0.0, packed_cache: Path | None = None,
+                 evicted_pages: str = "auto"):
         if not engine_runs("native", backend):
             raise RequestError("the native engine runs ExecuTorch programs only so far; pass --engine python for "
                                f"--backend {backend}", "bad_option")
@@ -131,7 +132,7 @@ class NativeEngine:
             str(self.artifact), config, emb, weight, scale, int8,
             [files[parts[f"layer_{i}"]["path"]] for i in range(cfg["n_layers"])], files[parts["head"]["path"]],
             experts, f32("selection_bias"), f32("weight_scale"), vectors, routers, verify, threads,
-            str(packed_cache) if packed_cache else "")
+            str(packed_cache) if packed_cache else "", evicted_pages)
         self.session = native.Session(self.model, self.budget, policy, k_run, self.selection.on_miss,
                                       self.selection.skip_below, self.selection.cache_bias, prefetch,
                                       cfg["vocab_size"])

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define CE_ABI_VERSION 1
+#define CE_ABI_VERSION 2
 
 typedef enum {
   CE_OK = 0,
@@ -43,6 +43,8 @@ typedef struct {
   ce_file file;
   int64_t cost; /* bytes charged against the budget while resident (manifest resident_bytes) */
 } ce_expert;
+
+typedef enum { CE_EVICTED_AUTO = 0, CE_EVICTED_KEEP = 1, CE_EVICTED_DROP = 2 } ce_evicted_pages;
 
 typedef struct {
   const char* artifact;
@@ -68,6 +70,10 @@ typedef struct {
   int32_t verify_sha; /* sha256 of each file on its first open; else a .pte's header is checked instead */
   int32_t threads;    /* XNNPACK's thread pool (process-wide) */
   const char* packed_cache; /* XNNPACK packed-weights cache file written by edge-prepare, or NULL */
+  /* an evicted expert's packed pages (with packed_cache): kept in the page cache, so a miss on it again reads
+   * nothing; or dropped, so that memory as the OS sees it stays within the budget; auto drops them when the
+   * packed file is larger than the memory available (MemAvailable, and the memory cgroup's limit) */
+  ce_evicted_pages evicted_pages;
 } ce_model_params;
 
 typedef struct {
@@ -86,6 +92,7 @@ typedef struct {
   int64_t switch_pairs, switched; /* consecutive tokens' expert sets, per layer: the switch rate */
   int64_t experts_run, compressed, misses_compressed, misses_skipped, bias_changed;
   int64_t position;
+  int32_t evicted_pages; /* the ce_evicted_pages the model resolved to (auto: keep or drop) */
 } ce_stats;
 
 /* cache events, in order: the trace tests/conformance/cache.json records */

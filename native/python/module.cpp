@@ -40,6 +40,7 @@ nb::dict stats_dict(const ce_stats& s) {
   d["budget_bytes"] = s.budget_bytes, d["switch_pairs"] = s.switch_pairs, d["switched"] = s.switched;
   d["experts_run"] = s.experts_run, d["compressed"] = s.compressed, d["misses_compressed"] = s.misses_compressed;
   d["misses_skipped"] = s.misses_skipped, d["bias_changed"] = s.bias_changed, d["position"] = s.position;
+  d["evicted_pages"] = s.evicted_pages == CE_EVICTED_DROP ? "drop" : "keep";
   return d;
 }
 
@@ -89,7 +90,8 @@ NB_MODULE(_native, m) {
                           const std::vector<nb::dict>& layers, const nb::dict& head,
                           const std::vector<nb::dict>& experts, std::optional<floats> cmoe_bias,
                           std::optional<floats> cmoe_scale, std::optional<floats> vectors,
-                          std::optional<floats> routers, bool verify, int threads, const std::string& packed_cache) {
+                          std::optional<floats> routers, bool verify, int threads, const std::string& packed_cache,
+                          const std::string& evicted_pages) {
         new (self) Model();
         auto i = [&](const char* k) { return nb::cast<int32_t>(config[k]); };
         ce_model_params p{};
@@ -121,6 +123,9 @@ NB_MODULE(_native, m) {
         p.experts = expert_views.data(), p.n_experts = int32_t(expert_views.size());
         p.verify_sha = verify, p.threads = threads;
         p.packed_cache = packed_cache.empty() ? nullptr : packed_cache.c_str();
+        p.evicted_pages = evicted_pages == "keep" ? CE_EVICTED_KEEP
+                          : evicted_pages == "drop" ? CE_EVICTED_DROP
+                                                    : CE_EVICTED_AUTO;
         ce_status st;
         {
           nb::gil_scoped_release release;

@@ -2,9 +2,11 @@
 // runtime/backends.py, and ExecuTorch programs through its Module with the mmap data loader.
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +15,7 @@
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/backend/options.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
 #include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
@@ -116,6 +119,39 @@ void check_pte_header(const std::string& path) {
     bad("segment table does not fit the file");
 }
 
+// With the packed cache XNNPACK reads none of a program's weights, only the program's own bytes (its flatbuffer,
+// then the delegate's blob, the first segment: 2 KB for an expert, on the flatbuffer's last page) and the data it
+// does not take from the cache (the weights' scales). Those are read here exactly, so that Module's mapping finds
+// them in the page cache; otherwise its first fault on each reads the device's read_ahead_kb window around it
+// (8 MB here: the whole expert file), and a miss reads every weight twice: in the program, and packed.
+static void preread_program(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+  unsigned char head[40];
+  if (::pread(fd, head, sizeof head, 0) == ssize_t(sizeof head) && std::memcmp(head + 8, "eh00", 4) == 0) {
+    std::vector<unsigned char> buf(std::min<uint64_t>(u64(head + 24), 16 << 20));  // up to the first segment
+    (void)!::pread(fd, buf.data(), buf.size(), 0);
+  }
+  ::close(fd);
+}
+
+static void preread_unpacked(Module& module, const PackedFile& packed) {
+  auto program = module.program();
+  auto map = program ? program->get_named_data_map() : executorch::runtime::Error::NotFound;
+  if (!map.ok() || *map == nullptr) return;
+  static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  auto n = (*map)->get_num_keys();
+  for (uint32_t i = 0; n.ok() && i < *n; i++) {
+    auto key = (*map)->get_key(i);
+    if (!key.ok() || packed.holds(*key)) continue;
+    auto data = (*map)->get_data(*key);  // mapped, not read
+    if (!data.ok()) continue;
+    uintptr_t lo = uintptr_t(data->data()) & ~(page - 1), hi = uintptr_t(data->data()) + data->size();
+    ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_WILLNEED);
+  }
+}
+
 // ExecuTorch logs to stderr (thread pool resets, CPU probes, a program's verification); the core reports each
 // failure itself in one line, so the runtime's lines are kept only when COSMOE_EDGE_ET_LOG is set.
 static void quiet_log(et_timestamp_t, et_pal_log_level_t level, const char* file, const char*, size_t line,
@@ -131,6 +167,54 @@ void set_threads(int threads) {
   executorch::runtime::runtime_init();
   auto* pool = executorch::extension::threadpool::get_threadpool();
   if (pool != nullptr && pool->get_thread_count() != size_t(threads)) pool->_unsafe_reset_threadpool(uint32_t(threads));
+}
+
+Pages::Pages(size_t bytes, bool reserve_only) : n_(bytes) {
+  if (bytes == 0) return;
+  p_ = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (reserve_only ? MAP_NORESERVE : 0),
+              -1, 0);
+  if (p_ == MAP_FAILED) {
+    p_ = nullptr;
+    throw std::bad_alloc();
+  }
+}
+Pages::~Pages() {
+  if (p_) ::munmap(p_, n_);
+}
+Pages::Pages(Pages&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+Pages& Pages::operator=(Pages&& o) noexcept {
+  if (this != &o) {
+    if (p_) ::munmap(p_, n_);
+    p_ = o.p_, n_ = o.n_;
+    o.p_ = nullptr, o.n_ = 0;
+  }
+  return *this;
+}
+
+// Address space only: pages are resident once a program writes them. Two buffers of 256 MiB hold any plan of
+// ours (one buffer each; the head's, the largest, is vocab x layer_max_tokens floats).
+static constexpr size_t kArenaBuffers = 2, kArenaBytes = size_t(256) << 20;
+
+struct Arena::Spans {
+  std::vector<executorch::runtime::Span<uint8_t>> spans;
+  std::unique_ptr<executorch::runtime::HierarchicalAllocator> allocator;
+};
+
+Arena::Arena() : spans_(std::make_unique<Spans>()) {
+  for (size_t i = 0; i < kArenaBuffers; i++) {
+    buffers_.emplace_back(kArenaBytes, true);
+    spans_->spans.emplace_back(buffers_.back().bytes(), kArenaBytes);
+  }
+  spans_->allocator = std::make_unique<executorch::runtime::HierarchicalAllocator>(
+      executorch::runtime::Span<executorch::runtime::Span<uint8_t>>(spans_->spans.data(), spans_->spans.size()));
+}
+Arena::~Arena() = default;
+
+executorch::runtime::HierarchicalAllocator* Arena::fit(const std::vector<int64_t>& buffer_sizes) {
+  if (buffer_sizes.size() > kArenaBuffers) return nullptr;
+  for (int64_t n : buffer_sizes)
+    if (n < 0 || size_t(n) > kArenaBytes) return nullptr;
+  return spans_->allocator.get();
 }
 
 static std::string error_text(Error e);
@@ -150,6 +234,7 @@ static std::string error_text(Error e) {
 
 Program::Program(const std::string& path, const Backend& backend, bool check_header) : name_(base_name(path)) {
   if (check_header) check_pte_header(path);
+  if (backend.packed) preread_program(path);
   // Mmap: the program's bytes stay in the page cache and leave with the mapping; nothing is copied to the heap
   module_ = std::make_unique<Module>(path, Module::LoadMode::Mmap);
   executorch::runtime::LoadBackendOptionsMap options;
@@ -163,13 +248,41 @@ Program::Program(const std::string& path, const Backend& backend, bool check_hea
   }
   Error e = backend.packed_cache.empty() ? module_->load(Verification::InternalConsistency)
                                          : module_->load(options, Verification::InternalConsistency);
-  if (e == Error::Ok) e = module_->load_method("forward");
+  if (e == Error::Ok && backend.packed) preread_unpacked(*module_, *backend.packed);
+  executorch::runtime::HierarchicalAllocator* planned = nullptr;
+  if (e == Error::Ok && backend.arena) {
+    auto meta = module_->method_meta("forward");
+    if (!meta.ok()) {
+      e = meta.error();
+    } else {
+      std::vector<int64_t> sizes;
+      for (size_t i = 0; i < meta->num_memory_planned_buffers(); i++) {
+        auto n = meta->memory_planned_buffer_size(i);
+        sizes.push_back(n.ok() ? *n : -1);
+      }
+      planned = backend.arena->fit(sizes);
+      if (planned) arena_ = backend.arena;
+    }
+  }
+  if (e == Error::Ok) e = module_->load_method("forward", planned);
   if (e != Error::Ok)
     fail_artifact("corrupt_program",
                   "cannot load " + name_ + ": corrupt or truncated ExecuTorch program (" + error_text(e) + ")");
 }
 
 Program::~Program() = default;
+
+std::vector<std::string> Program::data_keys() const {
+  std::vector<std::string> keys;
+  auto program = module_->program();
+  if (!program) return keys;
+  auto map = program->get_named_data_map();
+  if (!map.ok() || *map == nullptr) return keys;
+  auto n = (*map)->get_num_keys();
+  for (uint32_t i = 0; n.ok() && i < *n; i++)
+    if (auto key = (*map)->get_key(i); key.ok()) keys.emplace_back(*key);
+  return keys;
+}
 
 // Runs "forward" on float32 inputs; the outputs live in the method's planned memory until its next call.
 std::vector<EValue> Program::execute(const std::vector<Input>& inputs) {

@@ -15,8 +15,19 @@
 namespace ce {
 
 struct ExpertProgram : Resident {
-  explicit ExpertProgram(std::unique_ptr<Program> p) : program(std::move(p)) {}
+  ExpertProgram(std::unique_ptr<Program> p, std::shared_ptr<PackedFile> packed)
+      : program(std::move(p)), packed(std::move(packed)) {
+    if (!this->packed) return;
+    ranges = this->packed->ranges(program->data_keys());
+    this->packed->load(ranges);
+  }
+  ~ExpertProgram() override {
+    program.reset();
+    if (packed) packed->release(ranges);  // evicted: its packed pages leave the process (packed.cpp)
+  }
   std::unique_ptr<Program> program;
+  std::shared_ptr<PackedFile> packed;
+  std::vector<PackedFile::Range> ranges;
 };
 
 struct Identity {  // a file as stat saw it when its sha256 matched
@@ -77,10 +88,12 @@ struct ce_model {
       std::lock_guard<std::mutex> g(verify_mu);
       verified[k] = id;
     }
-    auto program = std::make_unique<Program>(path, backend, !p.verify_sha);
+    auto expert = std::make_unique<ExpertProgram>(std::make_unique<Program>(path, backend, !p.verify_sha), backend.packed);
+    // what the load read of the program (its sha256, its scales) is not needed again while it is resident
+    if (backend.packed && backend.packed->drops()) drop_cached(path);
     loads++;
     load_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-    return std::make_unique<ExpertProgram>(std::move(program));
+    return expert;
   }
 };
 
@@ -94,7 +107,7 @@ struct ce_session {
   std::future<void> prefetch_pending;
   Counts counts;
   int pos = 0;
-  std::vector<std::vector<float>> k_cache, v_cache;  // per layer (max_seq_len, n_kv_heads, head_dim)
+  std::vector<Pages> k_cache, v_cache;  // per layer (max_seq_len, n_kv_heads, head_dim)
   std::vector<std::vector<float>> sticky;           // per layer (E), empty without a sticky delta
   std::vector<std::set<int>> last;                  // per layer: the experts of the previous token
   std::vector<bool> have_last;
@@ -167,13 +180,13 @@ std::vector<float> ce_session::step(const int32_t* ids, int T) {
     m->layers[layer]->run({{h.data(), {T, D}},
                            {cos, {T, 1, hd}},
                            {sin, {T, 1, hd}},
-                           {k_cache[layer].data(), {past, kvh, hd}},
-                           {v_cache[layer].data(), {past, kvh, hd}},
+                           {k_cache[layer].floats(), {past, kvh, hd}},
+                           {v_cache[layer].floats(), {past, kvh, hd}},
                            {mask.data(), {rep * T, past + T}}},
                           outs);
     // outs: h_out, x, router_logits, k, v
-    std::copy(outs[3].begin(), outs[3].end(), k_cache[layer].begin() + size_t(p0) * row_kv);
-    std::copy(outs[4].begin(), outs[4].end(), v_cache[layer].begin() + size_t(p0) * row_kv);
+    std::copy(outs[3].begin(), outs[3].end(), k_cache[layer].floats() + size_t(p0) * row_kv);
+    std::copy(outs[4].begin(), outs[4].end(), v_cache[layer].floats() + size_t(p0) * row_kv);
     std::vector<float> x = std::move(outs[1]);
     const float* logits = outs[2].data();
     bool has_theta = false;
@@ -395,10 +408,20 @@ ce_status ce_model_open(const ce_model_params* params, ce_model** out) {
     for (int pos = 0; pos < p.max_seq_len; pos++)
       rope_row(p.head_dim, p.rope_theta, pos, m->rope_cos.data() + size_t(pos) * p.head_dim,
                m->rope_sin.data() + size_t(pos) * p.head_dim);
+    m->backend.arena = std::make_shared<Arena>();
+    if (!m->backend.packed_cache.empty())
+      m->backend.packed = std::make_shared<PackedFile>(m->backend.packed_cache, p.evicted_pages);
     for (int l = 0; l < p.n_layers; l++)
       m->layers.push_back(std::make_unique<Program>(check_file(m->artifact, params->layers[l], verify), m->backend,
                                                     !verify));
     m->head = std::make_unique<Program>(check_file(m->artifact, params->head, verify), m->backend, !verify);
+    if (m->backend.packed) {
+      std::vector<PackedFile::Range> backbone;
+      for (const auto& layer : m->layers)
+        for (const auto& r : m->backend.packed->ranges(layer->data_keys())) backbone.push_back(r);
+      for (const auto& r : m->backend.packed->ranges(m->head->data_keys())) backbone.push_back(r);
+      m->backend.packed->load(backbone);
+    }
     p.artifact = nullptr;
     p.packed_cache = nullptr;
     p.cmoe_bias = p.cmoe_scale = p.vectors = p.routers = nullptr;
@@ -441,8 +464,10 @@ ce_status ce_session_open(ce_model* model, const ce_session_params* params, ce_s
                                          return r;
                                        });
     const size_t kv = size_t(p.max_seq_len) * p.n_kv_heads * p.head_dim;
-    s->k_cache.assign(p.n_layers, std::vector<float>(kv, 0.f));
-    s->v_cache.assign(p.n_layers, std::vector<float>(kv, 0.f));
+    for (int l = 0; l < p.n_layers; l++) {
+      s->k_cache.emplace_back(kv * sizeof(float));
+      s->v_cache.emplace_back(kv * sizeof(float));
+    }
     if (p.sticky_delta != 0.f) s->sticky.assign(p.n_layers, std::vector<float>(p.num_experts, 0.f));
     s->last.assign(p.n_layers, {});
     s->have_last.assign(p.n_layers, false);
@@ -504,6 +529,8 @@ void ce_session_stats(const ce_session* s, ce_stats* o) {
   o->misses_compressed = s->counts.misses_compressed, o->misses_skipped = s->counts.misses_skipped;
   o->bias_changed = s->counts.bias_changed;
   o->position = s->pos;
+  const auto& packed = s->m->backend.packed;
+  o->evicted_pages = packed && packed->drops() ? CE_EVICTED_DROP : CE_EVICTED_KEEP;
 }
 
 void ce_session_on_event(ce_session* s, ce_event_fn fn, void* user) {

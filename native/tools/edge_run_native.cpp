@@ -48,6 +48,9 @@ const char* kHelp =
     "  --prefetch             guess the next layer's experts and load them on a worker thread\n"
     "  --experts-per-token K  --on-miss wait|compressed|skip  --skip-below W  --cache-bias D\n"
     "  --packed-cache FILE    XNNPACK's packed weights written by edge-prepare\n"
+    "  --evicted-pages M      auto (default), keep or drop: an evicted expert's packed pages stay in the page\n"
+    "                         cache (a miss on it again reads nothing) or leave it (memory as the OS sees it\n"
+    "                         stays within the budget); auto drops when the packed file exceeds free memory\n"
     "  --no-verify            check sizes and program headers, not each file's sha256\n"
     "  --temperature T        0 (default): greedy, the Python engine's tokens; > 0: sampled (--seed S)\n";
 
@@ -129,7 +132,7 @@ int64_t proc_value(const char* file, const char* key) {  // VmHWM (kB) or read_b
 }
 
 struct Options {
-  std::string artifact, ids, budget = "all", policy = "nextuse", on_miss = "wait", packed_cache;
+  std::string artifact, ids, budget = "all", policy = "nextuse", on_miss = "wait", packed_cache, evicted = "auto";
   int max_new_tokens = 128, threads = 1, experts_per_token = 0;
   bool preload = false, prefetch = false, verify = true;
   float skip_below = 0.5f, cache_bias = 0.0f, temperature = 0.0f;
@@ -163,6 +166,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--skip-below") o.skip_below = float(number(a, value(i)));
     else if (a == "--cache-bias") o.cache_bias = float(number(a, value(i)));
     else if (a == "--packed-cache") o.packed_cache = value(i);
+    else if (a == "--evicted-pages") o.evicted = value(i);
     else if (a == "--temperature") o.temperature = float(number(a, value(i)));
     else if (a == "--seed") o.seed = uint64_t(number(a, value(i)));
     else if (a == "--preload") o.preload = true;
@@ -175,6 +179,8 @@ Options parse_args(int argc, char** argv) {
   if (o.artifact.empty() || o.ids.empty()) throw Usage("pass ARTIFACT and --ids (see --help)");
   if (o.max_new_tokens < 1 || o.threads < 1) throw Usage("--max-new-tokens and --threads must be at least 1");
   if (o.temperature < 0) throw Usage("--temperature must be >= 0");
+  if (o.evicted != "auto" && o.evicted != "keep" && o.evicted != "drop")
+    throw Usage("--evicted-pages takes auto, keep or drop, not " + o.evicted);
   return o;
 }
 
@@ -282,6 +288,7 @@ int run(const Options& o) {
   p.experts = experts.data(), p.n_experts = int32_t(experts.size());
   p.verify_sha = o.verify, p.threads = o.threads;
   p.packed_cache = o.packed_cache.empty() ? nullptr : o.packed_cache.c_str();
+  p.evicted_pages = o.evicted == "keep" ? CE_EVICTED_KEEP : o.evicted == "drop" ? CE_EVICTED_DROP : CE_EVICTED_AUTO;
 
   // the run's selection, resolved as runtime/selection.py resolve() does
   int32_t k_main = cfg.value("k_main", 0), k = o.experts_per_token ? o.experts_per_token : (k_main ? k_main : p.top_k);
@@ -339,7 +346,8 @@ int run(const Options& o) {
             {"memory_budget_bytes", s.budget_bytes}, {"expert_bytes_total", total},
             {"expert_hits", s.hits}, {"expert_misses", s.misses}, {"expert_evictions", s.evictions},
             {"expert_loads", s.loads}, {"expert_load_ms", double(s.load_ns) / 1e6},
-            {"resident_bytes_peak", s.resident_bytes_peak}, {"threads", o.threads}};
+            {"resident_bytes_peak", s.resident_bytes_peak}, {"threads", o.threads},
+            {"evicted_pages", s.evicted_pages == CE_EVICTED_DROP ? "drop" : "keep"}};
   std::printf("%s\n", r.dump().c_str());
   return 0;
 }
