@@ -74,7 +74,8 @@ def table(name: str, d: dict) -> list[str]:
     lines = [f"### {name}", "",
              f"Weights: cosmoe-edge int4 {mb(ours['backbone_bytes'])} MB backbone + {mb(ours['expert_bytes'])} MB "
              f"experts ({ours['backend']}); llama.cpp Q4_0 GGUF {mb(theirs['backbone_bytes'])} MB + "
-             f"{mb(theirs['expert_bytes'])} MB. Fixed cost (least peak RSS minus weight bytes at full RAM): "
+             f"{mb(theirs['expert_bytes'])} MB (each without its token embedding, which both page in by rows). "
+             "Fixed cost (least peak RSS minus weight bytes at full RAM): "
              + ", ".join(f"{k} {mb(v)} MB" for k, v in fixed.items()) + ".", "",
              *goals(rows), "",
              "| engine / variant | threads | RAM cap MB | decode tok/s [min-max] | prefill tok/s | TTFT ms "

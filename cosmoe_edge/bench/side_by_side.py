@@ -77,17 +77,22 @@ def cosmoe_paths(backends: list[str], engines: list[str], manifest: dict) -> lis
 
 
 def gguf_sizes(path: Path) -> tuple[int, int]:
-    """(backbone bytes, expert bytes) of a GGUF: the experts are the stacked *_exps tensors."""
+    """(backbone bytes, expert bytes) of a GGUF: the experts are the stacked *_exps tensors. The token embedding
+    is left out, as artifact_sizes leaves ours: both engines map it and page in the rows the tokens use, so a run
+    does not hold it and it is no weight its fixed cost should be measured against."""
     import gguf
 
-    experts = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if "_exps" in t.name)
-    return path.stat().st_size - experts, experts
+    tensors = gguf.GGUFReader(path).tensors
+    experts = sum(int(t.n_bytes) for t in tensors if "_exps" in t.name)
+    embedding = sum(int(t.n_bytes) for t in tensors if t.name == "token_embd.weight")
+    return path.stat().st_size - experts - embedding, experts
 
 
 def artifact_sizes(manifest: dict, backend: str) -> tuple[int, int]:
-    """(backbone bytes, expert bytes) of one backend of an artifact (shared files in the backbone)."""
+    """(backbone bytes, expert bytes) of one backend of an artifact (shared files in the backbone, but the
+    embedding table: mapped, its rows paged in as tokens need them, as gguf_sizes leaves llama.cpp's out)."""
     s = manifest["backends"][backend]
-    shared = sum(manifest[k]["bytes"] for k in ("embedding", "routers", "tokenizer") if k in manifest)
+    shared = sum(manifest[k]["bytes"] for k in ("routers", "tokenizer") if k in manifest)
     return (sum(f["bytes"] for f in s["backbone"]["files"]) + shared, sum(e["bytes"] for e in s["experts"]))
 
 

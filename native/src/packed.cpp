@@ -15,7 +15,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "core.h"
 
@@ -34,24 +33,22 @@ static T le(const unsigned char* p) {
 }
 
 PackedFile::PackedFile(const std::string& path, ce_evicted_pages evicted) : path_(path) {
-  int fd = fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // kept: posix_fadvise on it drops evicted pages
   struct stat st;
-  if (::fstat(fd, &st) != 0 || st.st_size < 20) return;
+  if (fd_ < 0 || ::fstat(fd_, &st) != 0 || st.st_size < 20) return;
   // keeping evicted pages is free while the whole file fits in memory; past that they crowd out resident ones
   drop_ = evicted == CE_EVICTED_DROP || (evicted == CE_EVICTED_AUTO && int64_t(st.st_size) > memory_available());
   dev_ = uint64_t(st.st_dev), ino_ = uint64_t(st.st_ino);
-  uint64_t size = uint64_t(st.st_size);
-  size_ = size;
+  uint64_t size = size_ = uint64_t(st.st_size);
   unsigned char footer[20];
   std::vector<unsigned char> index;
-  bool ok = ::pread(fd, footer, 20, off_t(size - 20)) == 20;
+  bool ok = ::pread(fd_, footer, 20, off_t(size - 20)) == 20;
   uint64_t start = le<uint64_t>(footer);
   uint32_t count = le<uint32_t>(footer + 8);
   ok = ok && le<uint32_t>(footer + 12) == kMagic && le<uint32_t>(footer + 16) == kVersion && start < size - 20;
   if (ok) {
     index.resize(size - 20 - start);
-    ok = ::pread(fd, index.data(), index.size(), off_t(start)) == ssize_t(index.size());
+    ok = ::pread(fd_, index.data(), index.size(), off_t(start)) == ssize_t(index.size());
   }
   if (!ok) return;
   const unsigned char *c = index.data(), *end = index.data() + index.size();
