@@ -204,6 +204,10 @@ def test_side_by_side_caps_and_rows():
     rows = [{"peak_rss_bytes": p} for p in (600, 350, 560, 320)]
     caps = capped_runs(full, rows, sizes, [50.0])
     assert [r["fixed_bytes"] for r in rows] == [100, 100, 40, 40]
+    # a lazy run holds only the experts it loaded: its own report says how many bytes
+    lazy_rows = [{"peak_rss_bytes": 600}, {"peak_rss_bytes": 300, "resident_expert_bytes_peak": 120}]
+    capped_runs(ours, lazy_rows, sizes, [])
+    assert [r["fixed_bytes"] for r in lazy_rows] == [130, 130]
     got = {(run.engine, run.variant, run.cap_of): run.ram_cap for run, _ in caps}
     assert got == {("cosmoe-edge", "lazy", ""): 100 + 50 + 100, ("llama.cpp", "repack", ""): 40 + 60 + 110,
                    ("llama.cpp", "no-repack", ""): 40 + 60 + 110,  # preload runs only at full RAM

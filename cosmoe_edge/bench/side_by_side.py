@@ -28,7 +28,7 @@ from cosmoe_edge.runtime.metrics import drop_page_cache, run_measured
 FOOTPRINT = "llama.cpp's footprint"  # Run.cap_of of the caps that are a share of llama.cpp's own RAM
 TIMEOUT_S = 300  # a thrashing run is recorded as a timeout, not waited for
 FIGURES = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "peak_rss_bytes", "storage_read_bytes",
-           "cgroup_peak_bytes", "generated_tokens")
+           "cgroup_peak_bytes", "generated_tokens", "resident_expert_bytes_peak")
 
 
 @dataclass(frozen=True)
@@ -229,14 +229,18 @@ def compare(artifact: Path, model: Path, work: Path, *, paths: list[tuple[str, s
 
 def capped_runs(full: list[Run], rows: list[dict], sizes: dict, caps_pct: list[float],
                 footprint_pcts=()) -> list[tuple[Run, dict]]:
-    """Sets each full-RAM row's fixed_bytes (the least peak RSS minus weight bytes over the full-RAM runs
-    of the same engine, backend, runtime and quant) and returns the capped runs, each with {base, fixed_bytes}:
+    """Sets each full-RAM row's fixed_bytes (the least peak RSS minus the weight bytes it holds over the full-RAM
+    runs of the same engine, backend, runtime and quant: a lazy run of ours holds the experts it loaded) and
+    returns the capped runs, each with {base, fixed_bytes}:
     every run but the preloaded ones at its own cap, and llama.cpp's again at the cap of the cosmoe-edge
     backend with the least fixed cost (the same RAM for both engines). footprint_pcts: caps of P% of llama.cpp's
     footprint (its first quant's GGUF + its fixed cost), the same absolute cap for every run; a cosmoe-edge run's
     expert budget is what the cap leaves after its fixed cost and backbone (a model larger than the RAM)."""
+    def held(x, b):  # the weight bytes a run holds: a lazy run of ours only the experts it loaded
+        return sizes[b][0] + x.get("resident_expert_bytes_peak", sizes[b][1])
+
     for base, row in zip(full, rows, strict=True):
-        same = [x["peak_rss_bytes"] - sum(sizes[b]) for x, b in zip(rows, full, strict=True)
+        same = [x["peak_rss_bytes"] - held(x, b) for x, b in zip(rows, full, strict=True)
                 if "peak_rss_bytes" in x
                 and (b.engine, b.backend, b.runtime, b.quant) == (base.engine, base.backend, base.runtime, base.quant)]
         row["fixed_bytes"] = max(0, min(same)) if same else None

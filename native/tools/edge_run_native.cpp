@@ -346,7 +346,7 @@ int run(const Options& o) {
             {"memory_budget_bytes", s.budget_bytes}, {"expert_bytes_total", total},
             {"expert_hits", s.hits}, {"expert_misses", s.misses}, {"expert_evictions", s.evictions},
             {"expert_loads", s.loads}, {"expert_load_ms", double(s.load_ns) / 1e6},
-            {"resident_bytes_peak", s.resident_bytes_peak}, {"threads", o.threads},
+            {"resident_expert_bytes_peak", s.resident_bytes_peak}, {"threads", o.threads},
             {"evicted_pages", s.evicted_pages == CE_EVICTED_DROP ? "drop" : "keep"}};
   std::printf("%s\n", r.dump().c_str());
   return 0;
