@@ -109,7 +109,6 @@ class PackedFile {
   PackedFile(const std::string& path, ce_evicted_pages evicted);  // auto: resolved here
   ~PackedFile();
   std::vector<Range> ranges(const std::vector<std::string>& data_keys) const;
-  bool holds(const std::string& data_key) const;   // the weight of that key is packed in the file
   void load(const std::vector<Range>& ranges);     // read them in now
   void release(const std::vector<Range>& ranges);  // an evicted program's: dropped, or left as they are
   bool drops() const { return drop_; }
@@ -146,12 +145,14 @@ class Program {
   void run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out);
   // the first output only, written to `dst` (n floats expected)
   void run_into(const std::vector<Input>& inputs, float* dst, size_t n);
-  std::vector<std::string> data_keys() const;  // the names of the weights the program's delegate reads
+  // the packed file's ranges that hold this program's weights (loaded with a packed cache), else empty
+  const std::vector<PackedFile::Range>& packed_ranges() const { return packed_ranges_; }
 
  private:
   std::vector<executorch::runtime::EValue> execute(const std::vector<Input>& inputs);
   std::string name_;
   std::shared_ptr<Arena> arena_;  // kept while the method's plan lies in it
+  std::vector<PackedFile::Range> packed_ranges_;
   std::unique_ptr<executorch::extension::Module> module_;
 };
 

@@ -77,11 +77,6 @@ std::vector<PackedFile::Range> PackedFile::ranges(const std::vector<std::string>
   return out;
 }
 
-bool PackedFile::holds(const std::string& key) const {
-  auto it = entries_.lower_bound(key);
-  return it != entries_.end() && it->first.compare(0, key.size(), key) == 0;
-}
-
 // Where XNNPACK mapped the file in this process: the /proc/self/maps line of its device and inode at offset 0.
 uintptr_t PackedFile::base() {
   std::lock_guard<std::mutex> g(mu_);

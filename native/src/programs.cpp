@@ -136,20 +136,29 @@ static void preread_program(const std::string& path) {
   ::close(fd);
 }
 
-static void preread_unpacked(Module& module, const PackedFile& packed) {
+// The ranges of the packed file that hold the program's weights; every other named datum (the scales) is read
+// ahead exactly, as above.
+static std::vector<PackedFile::Range> read_ahead(Module& module, const PackedFile& packed) {
+  std::vector<PackedFile::Range> out;
   auto program = module.program();
   auto map = program ? program->get_named_data_map() : executorch::runtime::Error::NotFound;
-  if (!map.ok() || *map == nullptr) return;
+  if (!map.ok() || *map == nullptr) return out;
   static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
   auto n = (*map)->get_num_keys();
   for (uint32_t i = 0; n.ok() && i < *n; i++) {
     auto key = (*map)->get_key(i);
-    if (!key.ok() || packed.holds(*key)) continue;
+    if (!key.ok()) continue;
+    auto held = packed.ranges({*key});
+    if (!held.empty()) {
+      out.insert(out.end(), held.begin(), held.end());
+      continue;
+    }
     auto data = (*map)->get_data(*key);  // mapped, not read
     if (!data.ok()) continue;
     uintptr_t lo = uintptr_t(data->data()) & ~(page - 1), hi = uintptr_t(data->data()) + data->size();
     ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_WILLNEED);
   }
+  return out;
 }
 
 // ExecuTorch logs to stderr (thread pool resets, CPU probes, a program's verification); the core reports each
@@ -248,7 +257,7 @@ Program::Program(const std::string& path, const Backend& backend, bool check_hea
   }
   Error e = backend.packed_cache.empty() ? module_->load(Verification::InternalConsistency)
                                          : module_->load(options, Verification::InternalConsistency);
-  if (e == Error::Ok && backend.packed) preread_unpacked(*module_, *backend.packed);
+  if (e == Error::Ok && backend.packed) packed_ranges_ = read_ahead(*module_, *backend.packed);
   executorch::runtime::HierarchicalAllocator* planned = nullptr;
   if (e == Error::Ok && backend.arena) {
     auto meta = module_->method_meta("forward");
@@ -271,18 +280,6 @@ Program::Program(const std::string& path, const Backend& backend, bool check_hea
 }
 
 Program::~Program() = default;
-
-std::vector<std::string> Program::data_keys() const {
-  std::vector<std::string> keys;
-  auto program = module_->program();
-  if (!program) return keys;
-  auto map = program->get_named_data_map();
-  if (!map.ok() || *map == nullptr) return keys;
-  auto n = (*map)->get_num_keys();
-  for (uint32_t i = 0; n.ok() && i < *n; i++)
-    if (auto key = (*map)->get_key(i); key.ok()) keys.emplace_back(*key);
-  return keys;
-}
 
 // Runs "forward" on float32 inputs; the outputs live in the method's planned memory until its next call.
 std::vector<EValue> Program::execute(const std::vector<Input>& inputs) {

@@ -17,17 +17,15 @@ namespace ce {
 struct ExpertProgram : Resident {
   ExpertProgram(std::unique_ptr<Program> p, std::shared_ptr<PackedFile> packed)
       : program(std::move(p)), packed(std::move(packed)) {
-    if (!this->packed) return;
-    ranges = this->packed->ranges(program->data_keys());
-    this->packed->load(ranges);
+    if (this->packed) this->packed->load(program->packed_ranges());
   }
   ~ExpertProgram() override {
+    auto ranges = program->packed_ranges();
     program.reset();
     if (packed) packed->release(ranges);  // evicted: its packed pages leave the process (packed.cpp)
   }
   std::unique_ptr<Program> program;
   std::shared_ptr<PackedFile> packed;
-  std::vector<PackedFile::Range> ranges;
 };
 
 struct Identity {  // a file as stat saw it when its sha256 matched
@@ -418,8 +416,8 @@ ce_status ce_model_open(const ce_model_params* params, ce_model** out) {
     if (m->backend.packed) {
       std::vector<PackedFile::Range> backbone;
       for (const auto& layer : m->layers)
-        for (const auto& r : m->backend.packed->ranges(layer->data_keys())) backbone.push_back(r);
-      for (const auto& r : m->backend.packed->ranges(m->head->data_keys())) backbone.push_back(r);
+        backbone.insert(backbone.end(), layer->packed_ranges().begin(), layer->packed_ranges().end());
+      backbone.insert(backbone.end(), m->head->packed_ranges().begin(), m->head->packed_ranges().end());
       m->backend.packed->load(backbone);
     }
     p.artifact = nullptr;
