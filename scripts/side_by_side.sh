@@ -28,7 +28,7 @@ for name in "${models[@]}"; do
         --tokenizer-from models/cosmoe-default.pt --out "$ckpt"
   fi
   art="$B/$(basename "$ckpt" .pt)-int4"
-  [ -f "$art/manifest.json" ] && [ "$art/manifest.json" -nt cosmoe_edge/export/programs.py ] \
+  [ -f "$art/manifest.json" ] && [ -z "$(find cosmoe_edge/export -name '*.py' -newer "$art/manifest.json")" ] \
     || .venv/bin/edge-export "$ckpt" --quant int4 --out "$art" --force --no-verify
   .venv/bin/edge-prepare "$art"
   case "$name" in  # what each section of docs/BENCHMARKS.md ran (2026-12-07); thrashing runs are cut short
