@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml $(NATIVE) | native-deps
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q executorch==1.5.1 scikit-build-core==1.1.2 nanobind==3.1.0 cmake==4.4.5 ninja==1.13.2
 	$(BIN)/pip install -q --no-build-isolation -e '.[all,dev]'
-	@$(BIN)/python -c "import cosmoe_edge.runtime._native" && test -x $(BIN)/edge-run-native || { echo "make setup: the native core or edge-run-native did not build (see the CMake warning above)"; exit 1; }
+	@$(BIN)/python -c "import cosmoe_edge.runtime._native as n; assert n.HAS_ONNX" && test -x $(BIN)/edge-run-native || { echo "make setup: the native core (with its ONNX backend) or edge-run-native did not build (see the CMake warning above)"; exit 1; }
 	touch $@
 
 # a C++17 compiler, OpenSSL's libcrypto headers (sha256 of each file the core opens) and nlohmann/json

@@ -72,3 +72,14 @@ def shipped_executorch_artifact(tmp_path_factory) -> Path:
     export_artifact(Path(__file__).resolve().parents[1] / "models" / "cosmoe-default.pt", out, "int4", 32, ["executorch"],
                     jobs=2, verify=False, head_quant="int8")
     return out
+
+
+@pytest.fixture(scope="session")
+def shipped_onnx_artifact(tmp_path_factory) -> Path:
+    """The shipped model's ONNX programs (int4 MatMulNBits, an int8 head, no verify): the native core's ONNX backend."""
+    from cosmoe_edge.export.artifact import export_artifact
+
+    out = tmp_path_factory.mktemp("shipped-onnx") / "artifact"
+    export_artifact(Path(__file__).resolve().parents[1] / "models" / "cosmoe-default.pt", out, "int4", 32, ["onnx"],
+                    jobs=2, verify=False, head_quant="int8")
+    return out

@@ -1,6 +1,7 @@
 """The native core (native/, cosmoe_edge.h) against the Python engine, its reference: the same tokens and cache
-decisions at every budget and policy on the shipped model, the conformance vectors replayed through the core,
-bad input in one line, no torch on its path, and a long run that holds its memory and files."""
+decisions at every budget and policy on the shipped model (ExecuTorch programs, and ONNX programs at the end),
+the conformance vectors replayed through the core, bad input in one line, no torch on its path, and a long run
+that holds its memory and files."""
 
 import json
 import os
@@ -432,3 +433,88 @@ def test_side_by_side_measures_the_host_as_it_does_llama_cpp(shipped):
                    24, 0.0)
     assert r["generated_tokens"] == 24 and r["decode_tokens_per_s"] > 0, r
     assert 0 < r["peak_rss_bytes"] < 200e6 and r["storage_read_bytes"] >= 0
+
+
+# ---- the ONNX backend: the same core on onnxruntime's C API, against the Python ONNX engine ----
+
+def run_onnx(cls, artifact, ids, tokens=40, **kw):
+    events = []
+    e = cls(artifact, "onnx", on_cache_event=lambda kind, key, b: events.append((kind, *key, b)), **kw)
+    try:
+        out, _, logits = generate(e, ids, tokens, Sampler(), keep_logits=True)
+    finally:
+        e.close()
+    return dict(tokens=out, logits=logits, counters=(e.cache.hits, e.cache.misses, e.cache.evictions), events=events)
+
+
+@pytest.fixture(scope="module")
+def shipped_onnx(shipped_onnx_artifact):
+    import_runtime("onnx", 1)
+    tok = Tokenizer.from_file(str(shipped_onnx_artifact / "tokenizer.json"))
+    return shipped_onnx_artifact, [tok.encode(p).ids for p in PROMPTS]
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.25, 0.125])
+def test_onnx_tokens_and_cache_decisions_equal_the_python_onnx_engine(shipped_onnx, fraction):
+    artifact, prompts = shipped_onnx
+    m = load_manifest(artifact)
+    budget = int(lazy_bytes(m, m["backends"]["onnx"]) * fraction)
+    for policy in ("nextuse", "lru", "lfu") if fraction < 1 else ("nextuse",):
+        for ids in prompts:
+            py = run_onnx(Engine, artifact, ids, budget_bytes=budget, policy=policy)
+            nat = run_onnx(NativeEngine, artifact, ids, budget_bytes=budget, policy=policy)
+            label = f"{policy} at {fraction:.1%}"
+            assert nat["tokens"] == py["tokens"], label
+            assert nat["events"] == py["events"] and nat["counters"] == py["counters"], label
+            # the same .onnx files and session options, but onnxruntime's C library, not its Python module's own
+            # copy: most rows within 5e-6, the largest seen 3.3e-4 (the same tokens and experts)
+            np.testing.assert_allclose(nat["logits"], py["logits"], rtol=0, atol=1e-3)
+            if fraction == 0.125:
+                assert py["counters"][2] > 0, label  # the budget bit: experts were evicted
+
+
+def test_onnx_host_gives_the_python_onnx_engine_tokens_and_refuses_bad_input(shipped_onnx, tmp_path):
+    artifact, prompts = shipped_onnx
+    m = load_manifest(artifact)
+    budget = int(lazy_bytes(m, m["backends"]["onnx"]) * 0.25)
+    py = run_onnx(Engine, artifact, prompts[1], budget_bytes=budget, policy="lru")
+    code, r = run_host(artifact, prompts[1], "--backend", "onnx", "--max-new-tokens", "40", "--memory-budget",
+                       str(budget), "--cache-policy", "lru")
+    assert code == 0, r
+    assert r["ids"] == py["tokens"] and (r["expert_hits"], r["expert_misses"], r["expert_evictions"]) == py["counters"]
+    assert r["backend"] == "onnx"
+    for args, says in [(["--backend", "onnx", "--packed-cache", "x.bin"], "ONNX programs take none"),
+                       (["--backend", "tflite"], "--backend takes executorch or onnx"),
+                       ([], "no executorch programs")]:
+        code, err = run_host(artifact, prompts[0], *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (args, err)
+
+
+def test_onnx_damaged_programs_end_in_one_line(shipped_onnx, tmp_path):
+    artifact = tmp_path / "artifact"
+    shutil.copytree(shipped_onnx[0], artifact)
+    m = load_manifest(artifact)
+    expert = artifact / m["backends"]["onnx"]["experts"][3]["path"]
+    data = expert.read_bytes()
+    expert.write_bytes(bytes(len(data)))  # zeroed, size kept: onnxruntime's parser refuses it
+    e = NativeEngine(artifact, "onnx", verify=False)
+    with pytest.raises(ArtifactError) as info:
+        e.preload()
+    e.close()
+    assert info.value.kind == "corrupt_program" and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"cannot load {expert.name}: corrupt or truncated ONNX program")
+    e = NativeEngine(artifact, "onnx")  # with sha256 checks, the same file is refused before onnxruntime sees it
+    with pytest.raises(ArtifactError, match="does not match its sha256"):
+        e.preload()
+    e.close()
+    expert.write_bytes(data[:1000])
+    with pytest.raises(ArtifactError, match="truncated or replaced"):
+        NativeEngine(artifact, "onnx").preload()
+    with pytest.raises(RequestError, match="ONNX programs take none"):
+        NativeEngine(artifact, "onnx", packed_cache=tmp_path / "x.bin")
+    probe = ("import json, sys; from cosmoe_edge.runtime.run import run; from cosmoe_edge.runtime.options import "
+             "RunOptions; r = run(sys.argv[1], RunOptions(prompt='The list type is', max_new_tokens=8, backend='onnx', "
+             "engine='native')); print(json.dumps([r['engine'], r['generated_tokens'], 'torch' in sys.modules]))")
+    r = subprocess.run([sys.executable, "-c", probe, str(shipped_onnx[0])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["native", 8, False]

@@ -64,8 +64,9 @@ def main(
                                                    "top-k (cache-aware routing; 0: off). Weights stay unbiased.")]
     = RunOptions.cache_bias,
     engine: Annotated[str | None, typer.Option(help="Which decode loop runs: native (the C++ core on ExecuTorch's "
-                                                    "runtime, no torch; the default for executorch) or python (the "
-                                                    "reference engine; the default for onnx).")] = None,
+                                                    "runtime or onnxruntime's C API, no torch; the default for "
+                                                    "executorch) or python (the reference engine; the default for "
+                                                    "onnx, whose int8 weights form only it runs).")] = None,
     packed_cache: Annotated[bool, typer.Option(help="native: map XNNPACK's packed weights from the cache edge-prepare "
                                                     "wrote for this device, instead of packing each expert as it "
                                                     "loads.")] = True,

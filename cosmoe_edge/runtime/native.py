@@ -1,8 +1,9 @@
-"""The native engine: the decode loop in C++ on ExecuTorch's C++ runtime (native/include/cosmoe_edge.h),
-behind the Python Engine's interface, so that generation, the report and the benchmarks run either one.
-This module reads the manifest and hands the core what it names; the core loads the programs, maps the
-embedding, routes, keeps the KV cache and the expert cache, and returns logits. No torch is imported: the
-core links ExecuTorch's libraries, not its Python bindings (which link libtorch)."""
+"""The native engine: the decode loop in C++ on ExecuTorch's C++ runtime or onnxruntime's C API
+(native/include/cosmoe_edge.h), behind the Python Engine's interface, so that generation, the report and the
+benchmarks run either one. This module reads the manifest and hands the core what it names; the core loads the
+programs, maps the embedding, routes, keeps the KV cache and the expert cache, and returns logits. No torch is imported: the
+core links ExecuTorch's libraries, not its Python bindings (which link libtorch), and opens onnxruntime's C
+library, not its Python module."""
 
 import importlib.util
 import mmap
@@ -51,15 +52,17 @@ def host() -> Path:
 
 
 def engine_runs(engine: str, backend: str) -> bool:
-    """Whether `engine` (native, host: the core; python; "": the backend's default) runs `backend`: the core runs
-    ExecuTorch programs only so far."""
+    """Whether the benchmarks run `engine` (native, host: the core; python; "": the backend's default) on `backend`:
+    the core on ExecuTorch only so far (its ONNX backend does not yet bound onnxruntime's memory as the OS sees it,
+    nor run the int8 weights form)."""
     return engine in ("", "python") or backend == "executorch"
 
 
 def default_engine(backend: str, manifest: dict) -> str:
-    """ExecuTorch runs natively by default; the ONNX path and PEER layers are not in the core yet, and run on the
-    Python engine (the report's `engine` says which ran)."""
-    return "native" if engine_runs("native", backend) and "peer" not in manifest else "python"
+    """ExecuTorch runs natively by default. ONNX runs on the Python engine by default until the core bounds its
+    memory as the OS sees it (onnxruntime's prepacked copies); PEER layers are not in the core yet (the report's
+    `engine` says which ran)."""
+    return "native" if backend == "executorch" and "peer" not in manifest else "python"
 
 
 def embedding_layout(path: Path) -> tuple[int, int, bool]:
@@ -77,17 +80,19 @@ def embedding_layout(path: Path) -> tuple[int, int, bool]:
 
 
 class NativeEngine:
-    """runtime/engine.py Engine's interface over the native core (ExecuTorch artifacts, no PEER layers)."""
+    """runtime/engine.py Engine's interface over the native core (expert programs of either backend, no PEER)."""
 
     def __init__(self, artifact, backend: str = "executorch", *, budget_bytes: int | None = None,
                  policy: str = DEFAULT, verify: bool = True, prefetch: bool = False, threads: int = 1,
                  on_cache_event=None, experts_per_token: int | None = None, on_miss: str = "wait",
                  skip_below: float = 0.5, cache_bias: float = 0.0, packed_cache: Path | None = None,
                  evicted_pages: str = "auto"):
-        if not engine_runs("native", backend):
-            raise RequestError("the native engine runs ExecuTorch programs only so far; pass --engine python for "
-                               f"--backend {backend}", "bad_option")
         native = core()
+        if backend == "onnx" and not native.HAS_ONNX:
+            raise RequestError("this install's native core was built without onnxruntime's C API headers (see the "
+                               "CMake warning of its build); pass --engine python for --backend onnx", "no_native_core")
+        if backend == "onnx" and packed_cache is not None:
+            raise RequestError("a packed-weights cache is XNNPACK's (ExecuTorch): ONNX programs take none", "bad_option")
         self.artifact = Path(artifact)
         self.manifest = m = load_manifest(self.artifact)
         self.backend = backend
@@ -129,7 +134,7 @@ class NativeEngine:
                    "layer_max_tokens": m["layer_max_tokens"], "expert_max_tokens": m["expert_max_tokens"]}
         f32 = lambda key: np.ascontiguousarray(spec[key], dtype=np.float32) if cmoe else None  # noqa: E731
         self.model = native.Model(
-            str(self.artifact), config, emb, weight, scale, int8,
+            str(self.artifact), backend, config, emb, weight, scale, int8,
             [files[parts[f"layer_{i}"]["path"]] for i in range(cfg["n_layers"])], files[parts["head"]["path"]],
             experts, f32("selection_bias"), f32("weight_scale"), vectors, routers, verify, threads,
             str(packed_cache) if packed_cache else "", evicted_pages)

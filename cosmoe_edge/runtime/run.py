@@ -36,8 +36,8 @@ def open_engine(artifact: Path, manifest: dict, o: RunOptions, on_cache_event=No
                   on_cache_event=on_cache_event, experts_per_token=o.experts_per_token, on_miss=o.on_miss,
                   skip_below=o.skip_below, cache_bias=o.cache_bias)
     if native:
-        engine = NativeEngine(artifact, o.backend, packed_cache=prepared_cache(artifact) if o.packed_cache else None,
-                              **kwargs)
+        packed = prepared_cache(artifact) if o.packed_cache and o.backend == "executorch" else None
+        engine = NativeEngine(artifact, o.backend, packed_cache=packed, **kwargs)
     else:
         engine = Engine(artifact, o.backend, **kwargs)
     if o.preload:

@@ -1,5 +1,6 @@
 /* cosmoe-edge native core: the decode loop of an artifact (manifest.json and the files it names) on
- * ExecuTorch's C++ runtime, experts loaded lazily from storage into a cache bounded by a byte budget.
+ * ExecuTorch's C++ runtime or onnxruntime's C API, experts loaded lazily from storage into a cache bounded
+ * by a byte budget.
  *
  * Four objects, as in the Python engine (cosmoe_edge/runtime), which is the reference this core must match:
  *   ce_model    the artifact opened: backbone programs, embedding rows (mapped), the expert store;
@@ -19,7 +20,7 @@
 extern "C" {
 #endif
 
-#define CE_ABI_VERSION 2
+#define CE_ABI_VERSION 3
 
 typedef enum {
   CE_OK = 0,
@@ -46,8 +47,12 @@ typedef struct {
 
 typedef enum { CE_EVICTED_AUTO = 0, CE_EVICTED_KEEP = 1, CE_EVICTED_DROP = 2 } ce_evicted_pages;
 
+/* which of the artifact's programs the model runs: manifest backends.executorch (.pte) or backends.onnx (.onnx) */
+typedef enum { CE_BACKEND_EXECUTORCH = 0, CE_BACKEND_ONNX = 1 } ce_backend;
+
 typedef struct {
   const char* artifact;
+  ce_backend backend; /* the files below are that backend's */
   /* manifest "model" */
   int32_t n_layers, num_experts, top_k, dim, n_heads, n_kv_heads, head_dim, max_seq_len, vocab_size;
   int32_t router_renorm;
@@ -68,8 +73,8 @@ typedef struct {
   const ce_expert* experts;
   int32_t n_experts;
   int32_t verify_sha; /* sha256 of each file on its first open; else a .pte's header is checked instead */
-  int32_t threads;    /* XNNPACK's thread pool (process-wide) */
-  const char* packed_cache; /* XNNPACK packed-weights cache file written by edge-prepare, or NULL */
+  int32_t threads;    /* XNNPACK's thread pool, or onnxruntime's (process-wide: the first model's count) */
+  const char* packed_cache; /* XNNPACK packed-weights cache file written by edge-prepare, or NULL (ExecuTorch only) */
   /* an evicted expert's packed pages (with packed_cache): kept in the page cache, so a miss on it again reads
    * nothing; or dropped, so that memory as the OS sees it stays within the budget; auto drops them when the
    * packed file is larger than the memory available (MemAvailable, and the memory cgroup's limit) */

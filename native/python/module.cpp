@@ -81,11 +81,17 @@ struct Session {
 NB_MODULE(_native, m) {
   m.attr("ABI_VERSION") = ce_abi_version();
   m.attr("EXECUTORCH_VERSION") = CE_EXECUTORCH_VERSION;  // the SDK it was built against: part of a packed cache's key
+#ifdef CE_ONNX
+  m.attr("HAS_ONNX") = true;  // onnxruntime's C API headers were there at build time (CMakeLists.txt)
+#else
+  m.attr("HAS_ONNX") = false;
+#endif
   m.def("save_packed_cache", [] { check(ce_save_packed_cache()); });
 
   nb::class_<Model>(m, "Model")
       // config: manifest "model" ints and floats, as named in ce_model_params; files: dicts of the manifest
-      .def("__init__", [](Model* self, const std::string& artifact, const nb::dict& config, const nb::dict& embedding,
+      .def("__init__", [](Model* self, const std::string& artifact, const std::string& backend, const nb::dict& config,
+                          const nb::dict& embedding,
                           int64_t emb_weight_offset, int64_t emb_scale_offset, bool emb_int8,
                           const std::vector<nb::dict>& layers, const nb::dict& head,
                           const std::vector<nb::dict>& experts, std::optional<floats> cmoe_bias,
@@ -96,6 +102,7 @@ NB_MODULE(_native, m) {
         auto i = [&](const char* k) { return nb::cast<int32_t>(config[k]); };
         ce_model_params p{};
         p.artifact = artifact.c_str();
+        p.backend = backend == "onnx" ? CE_BACKEND_ONNX : CE_BACKEND_EXECUTORCH;
         p.n_layers = i("n_layers"), p.num_experts = i("num_experts"), p.top_k = i("top_k"), p.dim = i("dim");
         p.n_heads = i("n_heads"), p.n_kv_heads = i("n_kv_heads"), p.head_dim = i("head_dim");
         p.max_seq_len = i("max_seq_len"), p.vocab_size = i("vocab_size"), p.router_renorm = i("router_renorm");

@@ -19,11 +19,7 @@
 
 #include "cosmoe_edge.h"
 
-namespace executorch::extension {
-class Module;
-}
 namespace executorch::runtime {
-class EValue;
 class HierarchicalAllocator;
 }
 
@@ -126,35 +122,35 @@ class PackedFile {
 };
 
 struct Backend {  // what every program of a model is loaded with
+  ce_backend kind = CE_BACKEND_EXECUTORCH;
   int threads = 1;
   std::string packed_cache;       // XNNPACK packed-weights cache, or empty
   std::shared_ptr<Arena> arena;  // planned memory shared by the model's programs, or null: each its own
   std::shared_ptr<PackedFile> packed;  // the packed_cache file's index, or null
 };
 
-// An ExecuTorch program (.pte, XNNPACK delegate) with its method "forward" loaded, mapped from storage.
+// A program of the artifact (a backbone layer, the head or an expert) run on float32 arrays: ExecuTorch's
+// (.pte, XNNPACK delegate, programs.cpp) or onnxruntime's (.onnx, onnx.cpp), as the model's backend says.
 class Program {
  public:
-  Program(const std::string& path, const Backend& backend, bool check_header);
-  ~Program();
-  // inputs: float32 arrays with their shapes; outputs copied into `out` (one vector per output)
   struct Input {
     const float* data;
     std::vector<int32_t> shape;
   };
-  void run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out);
+  virtual ~Program() = default;
+  // outputs copied into `out` (one vector per output)
+  virtual void run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out) = 0;
   // the first output only, written to `dst` (n floats expected)
-  void run_into(const std::vector<Input>& inputs, float* dst, size_t n);
-  // the packed file's ranges that hold this program's weights (loaded with a packed cache), else empty
+  virtual void run_into(const std::vector<Input>& inputs, float* dst, size_t n) = 0;
+  // the packed file's ranges that hold this program's weights (ExecuTorch with a packed cache), else empty
   const std::vector<PackedFile::Range>& packed_ranges() const { return packed_ranges_; }
 
- private:
-  std::vector<executorch::runtime::EValue> execute(const std::vector<Input>& inputs);
-  std::string name_;
-  std::shared_ptr<Arena> arena_;  // kept while the method's plan lies in it
+ protected:
   std::vector<PackedFile::Range> packed_ranges_;
-  std::unique_ptr<executorch::extension::Module> module_;
 };
+// check_header: a .pte's header is checked first (when its sha256 was not); expert: an expert's program
+std::unique_ptr<Program> open_program(const std::string& path, const Backend& backend, bool check_header, bool expert);
+std::unique_ptr<Program> open_onnx_program(const std::string& path, int threads, bool expert);
 
 // ---- dispatch (dispatch.cpp) ----
 using Key = int32_t;  // layer * num_experts + expert

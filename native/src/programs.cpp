@@ -228,6 +228,32 @@ executorch::runtime::HierarchicalAllocator* Arena::fit(const std::vector<int64_t
 
 static std::string error_text(Error e);
 
+// An ExecuTorch program (.pte, XNNPACK delegate) with its method "forward" loaded, mapped from storage.
+class PteProgram : public Program {
+ public:
+  PteProgram(const std::string& path, const Backend& backend, bool check_header);
+  void run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out) override;
+  void run_into(const std::vector<Input>& inputs, float* dst, size_t n) override;
+
+ private:
+  std::vector<EValue> execute(const std::vector<Input>& inputs);
+  std::string name_;
+  std::shared_ptr<Arena> arena_;  // kept while the method's plan lies in it
+  std::unique_ptr<Module> module_;
+};
+
+std::unique_ptr<Program> open_program(const std::string& path, const Backend& backend, bool check_header, bool expert) {
+  if (backend.kind == CE_BACKEND_ONNX) return open_onnx_program(path, backend.threads, expert);
+  return std::make_unique<PteProgram>(path, backend, check_header);
+}
+
+#ifndef CE_ONNX
+std::unique_ptr<Program> open_onnx_program(const std::string&, int, bool) {
+  fail_request("no_onnx_core", "this native core was built without onnxruntime's C API headers (see the CMake warning "
+                               "of its build; make setup fetches them): pass --engine python for --backend onnx");
+}
+#endif
+
 void save_packed_cache() {
   executorch::runtime::BackendOptions<1> save;
   save.set_option("save_weight_cache_on_disk", true);
@@ -241,7 +267,7 @@ static std::string error_text(Error e) {
   return buf;
 }
 
-Program::Program(const std::string& path, const Backend& backend, bool check_header) : name_(base_name(path)) {
+PteProgram::PteProgram(const std::string& path, const Backend& backend, bool check_header) : name_(base_name(path)) {
   if (check_header) check_pte_header(path);
   if (backend.packed) preread_program(path);
   // Mmap: the program's bytes stay in the page cache and leave with the mapping; nothing is copied to the heap
@@ -279,10 +305,8 @@ Program::Program(const std::string& path, const Backend& backend, bool check_hea
                   "cannot load " + name_ + ": corrupt or truncated ExecuTorch program (" + error_text(e) + ")");
 }
 
-Program::~Program() = default;
-
 // Runs "forward" on float32 inputs; the outputs live in the method's planned memory until its next call.
-std::vector<EValue> Program::execute(const std::vector<Input>& inputs) {
+std::vector<EValue> PteProgram::execute(const std::vector<Input>& inputs) {
   std::vector<executorch::extension::TensorPtr> tensors;
   std::vector<EValue> values;
   tensors.reserve(inputs.size());
@@ -298,7 +322,7 @@ std::vector<EValue> Program::execute(const std::vector<Input>& inputs) {
   return std::move(*result);
 }
 
-void Program::run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out) {
+void PteProgram::run(const std::vector<Input>& inputs, std::vector<std::vector<float>>& out) {
   auto result = execute(inputs);
   out.resize(result.size());
   for (size_t i = 0; i < result.size(); i++) {
@@ -308,7 +332,7 @@ void Program::run(const std::vector<Input>& inputs, std::vector<std::vector<floa
   }
 }
 
-void Program::run_into(const std::vector<Input>& inputs, float* dst, size_t n) {
+void PteProgram::run_into(const std::vector<Input>& inputs, float* dst, size_t n) {
   auto result = execute(inputs);
   const auto& t = result[0].toTensor();
   if (size_t(t.numel()) != n)

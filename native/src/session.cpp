@@ -86,7 +86,7 @@ struct ce_model {
       std::lock_guard<std::mutex> g(verify_mu);
       verified[k] = id;
     }
-    auto expert = std::make_unique<ExpertProgram>(std::make_unique<Program>(path, backend, !p.verify_sha), backend.packed);
+    auto expert = std::make_unique<ExpertProgram>(open_program(path, backend, !p.verify_sha, true), backend.packed);
     // what the load read of the program (its sha256, its scales) is not needed again while it is resident
     if (backend.packed && backend.packed->drops()) drop_cached(path);
     loads++;
@@ -354,8 +354,13 @@ ce_status ce_model_open(const ce_model_params* params, ce_model** out) {
     m->cmoe_scale = copy(p.cmoe_scale, LE);
     m->vectors = copy(p.vectors, LE * p.dim);
     m->routers = copy(p.routers, LE * p.dim);
-    m->backend = {std::max(1, p.threads), str(p.packed_cache)};
-    set_threads(m->backend.threads);
+    if (p.backend != CE_BACKEND_EXECUTORCH && p.backend != CE_BACKEND_ONNX)
+      fail_request("bad_backend", "backend " + std::to_string(p.backend) + " is neither ExecuTorch nor ONNX");
+    if (p.backend == CE_BACKEND_ONNX && p.packed_cache)
+      fail_request("bad_backend", "a packed-weights cache is ExecuTorch's (XNNPACK): ONNX programs take none");
+    m->backend.kind = p.backend, m->backend.threads = std::max(1, p.threads);
+    m->backend.packed_cache = str(p.packed_cache);
+    if (p.backend == CE_BACKEND_EXECUTORCH) set_threads(m->backend.threads);
     // pointers into the caller's params do not outlive this call: keep our own strings
     m->experts.assign(LE, ce_expert{});
     m->expert_paths.assign(LE, "");
@@ -406,13 +411,12 @@ ce_status ce_model_open(const ce_model_params* params, ce_model** out) {
     for (int pos = 0; pos < p.max_seq_len; pos++)
       rope_row(p.head_dim, p.rope_theta, pos, m->rope_cos.data() + size_t(pos) * p.head_dim,
                m->rope_sin.data() + size_t(pos) * p.head_dim);
-    m->backend.arena = std::make_shared<Arena>();
+    if (p.backend == CE_BACKEND_EXECUTORCH) m->backend.arena = std::make_shared<Arena>();
     if (!m->backend.packed_cache.empty())
       m->backend.packed = std::make_shared<PackedFile>(m->backend.packed_cache, p.evicted_pages);
     for (int l = 0; l < p.n_layers; l++)
-      m->layers.push_back(std::make_unique<Program>(check_file(m->artifact, params->layers[l], verify), m->backend,
-                                                    !verify));
-    m->head = std::make_unique<Program>(check_file(m->artifact, params->head, verify), m->backend, !verify);
+      m->layers.push_back(open_program(check_file(m->artifact, params->layers[l], verify), m->backend, !verify, false));
+    m->head = open_program(check_file(m->artifact, params->head, verify), m->backend, !verify, false);
     if (m->backend.packed) {
       std::vector<PackedFile::Range> backbone;
       for (const auto& layer : m->layers)

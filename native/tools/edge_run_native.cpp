@@ -37,13 +37,14 @@ struct Usage : std::runtime_error {  // bad input: one line, exit code 2
 
 const char* kHelp =
     "usage: edge-run-native ARTIFACT --ids 1,2,3 [options]\n"
-    "Generate from prompt token ids with the native core (ExecuTorch artifacts), no Python in the process.\n"
+    "Generate from prompt token ids with the native core, no Python in the process.\n"
     "Prints one JSON object: ids, timings, peak RSS, bytes read, cache counters.\n"
     "  --ids LIST             comma-separated prompt token ids (edge-run tokenizes text)\n"
     "  --max-new-tokens N     tokens to generate (default 128; stops early at the tokenizer's eos)\n"
     "  --memory-budget B      all (default), a byte count, or P% of all experts' bytes\n"
     "  --cache-policy P       nextuse (default), lru, lfu or none\n"
-    "  --threads N            XNNPACK's thread pool (default 1)\n"
+    "  --backend B            executorch (default) or onnx: which of the artifact's programs run\n"
+    "  --threads N            XNNPACK's thread pool, or onnxruntime's (default 1)\n"
     "  --preload              load every expert the budget holds before the prompt\n"
     "  --prefetch             guess the next layer's experts and load them on a worker thread\n"
     "  --experts-per-token K  --on-miss wait|compressed|skip  --skip-below W  --cache-bias D\n"
@@ -133,6 +134,7 @@ int64_t proc_value(const char* file, const char* key) {  // VmHWM (kB) or read_b
 
 struct Options {
   std::string artifact, ids, budget = "all", policy = "nextuse", on_miss = "wait", packed_cache, evicted = "auto";
+  std::string backend = "executorch";
   int max_new_tokens = 128, threads = 1, experts_per_token = 0;
   bool preload = false, prefetch = false, verify = true;
   float skip_below = 0.5f, cache_bias = 0.0f, temperature = 0.0f;
@@ -166,6 +168,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--skip-below") o.skip_below = float(number(a, value(i)));
     else if (a == "--cache-bias") o.cache_bias = float(number(a, value(i)));
     else if (a == "--packed-cache") o.packed_cache = value(i);
+    else if (a == "--backend") o.backend = value(i);
     else if (a == "--evicted-pages") o.evicted = value(i);
     else if (a == "--temperature") o.temperature = float(number(a, value(i)));
     else if (a == "--seed") o.seed = uint64_t(number(a, value(i)));
@@ -179,12 +182,16 @@ Options parse_args(int argc, char** argv) {
   if (o.artifact.empty() || o.ids.empty()) throw Usage("pass ARTIFACT and --ids (see --help)");
   if (o.max_new_tokens < 1 || o.threads < 1) throw Usage("--max-new-tokens and --threads must be at least 1");
   if (o.temperature < 0) throw Usage("--temperature must be >= 0");
+  if (o.backend != "executorch" && o.backend != "onnx")
+    throw Usage("--backend takes executorch or onnx, not " + o.backend);
+  if (o.backend == "onnx" && !o.packed_cache.empty())
+    throw Usage("--packed-cache is XNNPACK's (ExecuTorch): ONNX programs take none");
   if (o.evicted != "auto" && o.evicted != "keep" && o.evicted != "drop")
     throw Usage("--evicted-pages takes auto, keep or drop, not " + o.evicted);
   return o;
 }
 
-json load_manifest(const std::string& artifact) {
+json load_manifest(const std::string& artifact, const std::string& backend) {
   std::string path = artifact + "/manifest.json";
   json m = json::parse(read_text(path), nullptr, false);
   if (m.is_discarded() || !m.is_object()) throw Usage(path + " is not valid JSON");
@@ -194,8 +201,7 @@ json load_manifest(const std::string& artifact) {
                 " (re-export the model with this version of edge-export)");
   for (const char* key : {"model", "tokenizer", "embedding", "quant", "backends", "layer_max_tokens", "expert_max_tokens"})
     if (!m.contains(key)) throw Usage(path + " lacks '" + key + "'");
-  if (!m["backends"].contains("executorch"))
-    throw Usage("this artifact has no executorch programs: the native core runs ExecuTorch artifacts");
+  if (!m["backends"].contains(backend)) throw Usage("this artifact has no " + backend + " programs");
   if (m.contains("peer")) throw Usage("the native engine does not run PEER layers yet; use edge-run --engine python");
   return m;
 }
@@ -222,14 +228,15 @@ void check(ce_status s) {
 }
 
 int run(const Options& o) {
-  json m = load_manifest(o.artifact);
+  json m = load_manifest(o.artifact, o.backend);
   const json& cfg = m["model"];
-  const json& section = m["backends"]["executorch"];
+  const json& section = m["backends"][o.backend];
   if (section.value("expert_form", "program") != "program")
     throw Usage("the native engine runs expert programs, not the weights form");
   auto i32 = [&](const char* k) { return cfg.at(k).get<int32_t>(); };
   ce_model_params p{};
   p.artifact = o.artifact.c_str();
+  p.backend = o.backend == "onnx" ? CE_BACKEND_ONNX : CE_BACKEND_EXECUTORCH;
   p.n_layers = i32("n_layers"), p.num_experts = i32("num_experts"), p.top_k = i32("top_k"), p.dim = i32("dim");
   p.n_heads = i32("n_heads"), p.n_kv_heads = i32("n_kv_heads"), p.head_dim = i32("head_dim");
   p.max_seq_len = i32("max_seq_len"), p.vocab_size = i32("vocab_size");
@@ -338,7 +345,8 @@ int run(const Options& o) {
   ce_session_free(session);
   ce_model_free(model);
   size_t decoded = out.empty() ? 0 : out.size() - 1;
-  json r = {{"engine", "native-host"}, {"ids", out}, {"prompt_tokens", prompt.size()}, {"generated_tokens", out.size()},
+  json r = {{"engine", "native-host"}, {"backend", o.backend}, {"ids", out}, {"prompt_tokens", prompt.size()},
+            {"generated_tokens", out.size()},
             {"ttft_ms", prefill_s * 1e3}, {"prefill_tokens_per_s", prefill_s > 0 ? double(prompt.size()) / prefill_s : 0.0},
             {"decode_tokens_per_s", decode_s > 0 ? double(decoded) / decode_s : 0.0},
             {"peak_rss_bytes", proc_value("/proc/self/status", "VmHWM:") * 1024},
