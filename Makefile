@@ -18,13 +18,14 @@ BUDGET ?= 50%
 
 setup: $(STAMP) corpus
 
-# the native core (native/) compiles against executorch's C++ SDK, so executorch and the build tools go in
-# first and the package builds in this environment (--no-build-isolation); its build fails loudly here
+# the native core (native/) compiles against executorch's C++ SDK and opens onnxruntime's library, so both
+# wheels and the build tools go in first and the package builds in this environment (--no-build-isolation);
+# its build fails loudly here
 $(STAMP): pyproject.toml $(NATIVE) | native-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q executorch==1.5.1 scikit-build-core==1.1.2 nanobind==3.1.0 cmake==4.4.5 ninja==1.13.2
+	$(BIN)/pip install -q executorch==1.5.1 onnxruntime==1.32.0 scikit-build-core==1.1.2 nanobind==3.1.0 cmake==4.4.5 ninja==1.13.2
 	$(BIN)/pip install -q --no-build-isolation -e '.[all,dev]'
 	@$(BIN)/python -c "import cosmoe_edge.runtime._native as n; assert n.HAS_ONNX" && test -x $(BIN)/edge-run-native || { echo "make setup: the native core (with its ONNX backend) or edge-run-native did not build (see the CMake warning above)"; exit 1; }
 	touch $@
