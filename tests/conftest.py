@@ -63,23 +63,23 @@ def int8_onnx_artifact(tmp_path_factory, tiny_model) -> Path:
     return _export(tmp_path_factory, tiny_model, "int8", ["onnx"])
 
 
-@pytest.fixture(scope="session")
-def shipped_executorch_artifact(tmp_path_factory) -> Path:
-    """The shipped model exported as make_conformance.py's docstring says (executorch, int4 with an int8 head, no verify)."""
+def _shipped(tmp_path_factory, backend: str) -> Path:
+    """The shipped model exported for one backend as make_conformance.py's docstring says (int4 with an int8 head,
+    no verify)."""
     from cosmoe_edge.export.artifact import export_artifact
 
-    out = tmp_path_factory.mktemp("shipped") / "artifact"
-    export_artifact(Path(__file__).resolve().parents[1] / "models" / "cosmoe-default.pt", out, "int4", 32, ["executorch"],
+    out = tmp_path_factory.mktemp(f"shipped-{backend}") / "artifact"
+    export_artifact(Path(__file__).resolve().parents[1] / "models" / "cosmoe-default.pt", out, "int4", 32, [backend],
                     jobs=2, verify=False, head_quant="int8")
     return out
+
+
+@pytest.fixture(scope="session")
+def shipped_executorch_artifact(tmp_path_factory) -> Path:
+    return _shipped(tmp_path_factory, "executorch")
 
 
 @pytest.fixture(scope="session")
 def shipped_onnx_artifact(tmp_path_factory) -> Path:
-    """The shipped model's ONNX programs (int4 MatMulNBits, an int8 head, no verify): the native core's ONNX backend."""
-    from cosmoe_edge.export.artifact import export_artifact
-
-    out = tmp_path_factory.mktemp("shipped-onnx") / "artifact"
-    export_artifact(Path(__file__).resolve().parents[1] / "models" / "cosmoe-default.pt", out, "int4", 32, ["onnx"],
-                    jobs=2, verify=False, head_quant="int8")
-    return out
+    """The shipped model's ONNX programs (int4 MatMulNBits): the native core's ONNX backend."""
+    return _shipped(tmp_path_factory, "onnx")

@@ -32,14 +32,14 @@ def vectors(name):
     return json.loads((VECTORS / name).read_text())
 
 
-def total(artifact) -> int:
+def total(artifact, backend="executorch") -> int:
     m = load_manifest(artifact)
-    return lazy_bytes(m, m["backends"]["executorch"])
+    return lazy_bytes(m, m["backends"][backend])
 
 
-def run_engine(cls, artifact, prompt_ids, tokens=40, **kw):
+def run_engine(cls, artifact, prompt_ids, tokens=40, backend="executorch", **kw):
     events = []
-    e = cls(artifact, "executorch", on_cache_event=lambda kind, key, b: events.append((kind, *key, b)), **kw)
+    e = cls(artifact, backend, on_cache_event=lambda kind, key, b: events.append((kind, *key, b)), **kw)
     try:
         out, _, logits = generate(e, prompt_ids, tokens, Sampler(), keep_logits=True)
     finally:
@@ -437,16 +437,6 @@ def test_side_by_side_measures_the_host_as_it_does_llama_cpp(shipped):
 
 # ---- the ONNX backend: the same core on onnxruntime's C API, against the Python ONNX engine ----
 
-def run_onnx(cls, artifact, ids, tokens=40, **kw):
-    events = []
-    e = cls(artifact, "onnx", on_cache_event=lambda kind, key, b: events.append((kind, *key, b)), **kw)
-    try:
-        out, _, logits = generate(e, ids, tokens, Sampler(), keep_logits=True)
-    finally:
-        e.close()
-    return dict(tokens=out, logits=logits, counters=(e.cache.hits, e.cache.misses, e.cache.evictions), events=events)
-
-
 @pytest.fixture(scope="module")
 def shipped_onnx(shipped_onnx_artifact):
     import_runtime("onnx", 1)
@@ -457,12 +447,11 @@ def shipped_onnx(shipped_onnx_artifact):
 @pytest.mark.parametrize("fraction", [1.0, 0.25, 0.125])
 def test_onnx_tokens_and_cache_decisions_equal_the_python_onnx_engine(shipped_onnx, fraction):
     artifact, prompts = shipped_onnx
-    m = load_manifest(artifact)
-    budget = int(lazy_bytes(m, m["backends"]["onnx"]) * fraction)
+    budget = int(total(artifact, "onnx") * fraction)
     for policy in ("nextuse", "lru", "lfu") if fraction < 1 else ("nextuse",):
         for ids in prompts:
-            py = run_onnx(Engine, artifact, ids, budget_bytes=budget, policy=policy)
-            nat = run_onnx(NativeEngine, artifact, ids, budget_bytes=budget, policy=policy)
+            py = run_engine(Engine, artifact, ids, backend="onnx", budget_bytes=budget, policy=policy)
+            nat = run_engine(NativeEngine, artifact, ids, backend="onnx", budget_bytes=budget, policy=policy)
             label = f"{policy} at {fraction:.1%}"
             assert nat["tokens"] == py["tokens"], label
             assert nat["events"] == py["events"] and nat["counters"] == py["counters"], label
@@ -475,9 +464,8 @@ def test_onnx_tokens_and_cache_decisions_equal_the_python_onnx_engine(shipped_on
 
 def test_onnx_host_gives_the_python_onnx_engine_tokens_and_refuses_bad_input(shipped_onnx, tmp_path):
     artifact, prompts = shipped_onnx
-    m = load_manifest(artifact)
-    budget = int(lazy_bytes(m, m["backends"]["onnx"]) * 0.25)
-    py = run_onnx(Engine, artifact, prompts[1], budget_bytes=budget, policy="lru")
+    budget = int(total(artifact, "onnx") * 0.25)
+    py = run_engine(Engine, artifact, prompts[1], backend="onnx", budget_bytes=budget, policy="lru")
     code, r = run_host(artifact, prompts[1], "--backend", "onnx", "--max-new-tokens", "40", "--memory-budget",
                        str(budget), "--cache-policy", "lru")
     assert code == 0, r

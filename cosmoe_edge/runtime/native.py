@@ -1,9 +1,9 @@
 """The native engine: the decode loop in C++ on ExecuTorch's C++ runtime or onnxruntime's C API
 (native/include/cosmoe_edge.h), behind the Python Engine's interface, so that generation, the report and the
 benchmarks run either one. This module reads the manifest and hands the core what it names; the core loads the
-programs, maps the embedding, routes, keeps the KV cache and the expert cache, and returns logits. No torch is imported: the
-core links ExecuTorch's libraries, not its Python bindings (which link libtorch), and opens onnxruntime's C
-library, not its Python module."""
+programs, maps the embedding, routes, keeps the KV cache and the expert cache, and returns logits. No torch is
+imported: the core links ExecuTorch's libraries, not its Python bindings (which link libtorch), and opens
+onnxruntime's C library, not its Python module."""
 
 import importlib.util
 import mmap
@@ -88,11 +88,6 @@ class NativeEngine:
                  skip_below: float = 0.5, cache_bias: float = 0.0, packed_cache: Path | None = None,
                  evicted_pages: str = "auto"):
         native = core()
-        if backend == "onnx" and not native.HAS_ONNX:
-            raise RequestError("this install's native core was built without onnxruntime's C API headers (see the "
-                               "CMake warning of its build); pass --engine python for --backend onnx", "no_native_core")
-        if backend == "onnx" and packed_cache is not None:
-            raise RequestError("a packed-weights cache is XNNPACK's (ExecuTorch): ONNX programs take none", "bad_option")
         self.artifact = Path(artifact)
         self.manifest = m = load_manifest(self.artifact)
         self.backend = backend

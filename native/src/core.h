@@ -50,6 +50,7 @@ ce_status guarded(F&& f) {
 }
 
 // ---- files and programs (programs.cpp) ----
+std::string base_name(const std::string& path);  // the file's name without its folder
 std::string sha256_file(const std::string& path);
 // The file's path after checking its size (always) and sha256 (with verify): runtime/manifest.py check_file.
 std::string check_file(const std::string& artifact, const ce_file& f, bool verify);

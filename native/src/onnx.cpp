@@ -28,19 +28,20 @@ std::string first_line(const char* s) {
   return t.size() > 160 ? t.substr(0, 160) : t;
 }
 
-// Turns a failed call into the core's one-line failure; `kind` and `what` as the Python engine says them.
-void check(OrtStatus* s, const char* kind, const std::string& what) {
-  if (s == nullptr) return;
+// The first line of a failed call's message; the status is released.
+std::string message(OrtStatus* s) {
   std::string msg = first_line(api->GetErrorMessage(s));
   api->ReleaseStatus(s);
-  fail_artifact(kind, what + " (" + msg + ")");
+  return msg;
+}
+
+// Turns a failed call into the core's one-line failure; `kind` and `what` as the Python engine says them.
+void check(OrtStatus* s, const char* kind, const std::string& what) {
+  if (s != nullptr) fail_artifact(kind, what + " (" + message(s) + ")");
 }
 
 void internal(OrtStatus* s, const char* what) {
-  if (s == nullptr) return;
-  std::string msg = first_line(api->GetErrorMessage(s));
-  api->ReleaseStatus(s);
-  throw Failure{CE_ERR_INTERNAL, "internal", std::string("onnxruntime: ") + what + ": " + msg};
+  if (s != nullptr) throw Failure{CE_ERR_INTERNAL, "internal", std::string("onnxruntime: ") + what + ": " + message(s)};
 }
 
 // The library, the env and its pool. The pool's size is the first model's --threads; a later model that asks
@@ -193,11 +194,6 @@ class OnnxProgram : public Program {
     void* p = nullptr;
     internal(api->GetTensorMutableData(v, &p), "output");
     return static_cast<const float*>(p);
-  }
-
-  static std::string base_name(const std::string& path) {
-    auto slash = path.rfind('/');
-    return slash == std::string::npos ? path : path.substr(slash + 1);
   }
 
   std::string name_;

@@ -46,7 +46,7 @@ void fail_request(const std::string& kind, const std::string& message) {
   throw Failure{CE_ERR_REQUEST, kind, message};
 }
 
-static std::string base_name(const std::string& path) {
+std::string base_name(const std::string& path) {
   auto slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }

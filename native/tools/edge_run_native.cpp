@@ -184,8 +184,6 @@ Options parse_args(int argc, char** argv) {
   if (o.temperature < 0) throw Usage("--temperature must be >= 0");
   if (o.backend != "executorch" && o.backend != "onnx")
     throw Usage("--backend takes executorch or onnx, not " + o.backend);
-  if (o.backend == "onnx" && !o.packed_cache.empty())
-    throw Usage("--packed-cache is XNNPACK's (ExecuTorch): ONNX programs take none");
   if (o.evicted != "auto" && o.evicted != "keep" && o.evicted != "drop")
     throw Usage("--evicted-pages takes auto, keep or drop, not " + o.evicted);
   return o;
